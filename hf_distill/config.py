@@ -1,0 +1,110 @@
+"""`DistillationConfig`: `transformers.TrainingArguments` plus what distillation needs.
+
+Each field is documented once, in its ``metadata["help"]``; docs and ``--help`` are generated from there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .objectives import normalize_objective_specs
+from .registry import did_you_mean
+from .tasks import TASKS
+
+__all__ = ["DistillationConfig", "TEACHER_DTYPES"]
+
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _default_objectives() -> list[dict[str, Any]]:
+    return [{"name": "kl", "weight": 1.0, "temperature": 1.0}]
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """Training arguments for `DistillationTrainer`. All `TrainingArguments` fields work as usual.
+
+    Example::
+
+        config = DistillationConfig(
+            output_dir="runs/gpt2-kd",
+            objectives=[{"name": "kl", "weight": 0.5, "temperature": 2.0}, {"name": "ce", "weight": 0.5}],
+            teacher_dtype="bfloat16",
+        )
+    """
+
+    objectives: list[dict[str, Any]] = field(
+        default_factory=_default_objectives,
+        metadata={
+            "help": "The weighted distillation objectives, a list of mappings {name, weight, **parameters}, e.g. "
+            "[{'name': 'kl', 'weight': 0.5, 'temperature': 2.0}, {'name': 'ce', 'weight': 0.5}] (a JSON string "
+            "is accepted too). The loss is the weighted sum; each term is logged as `loss/<name>`. Registered "
+            "objectives: see `hf_distill.objectives.OBJECTIVES.names()`."
+        },
+    )
+    task: str = field(
+        default="auto",
+        metadata={
+            "help": "How batches are turned into signals: 'auto' (detected from the student's class), "
+            "'language' (causal or masked LM, per token) or 'classification' (per example)."
+        },
+    )
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype of the teacher's weights: 'auto' (as loaded/given), 'float32', 'bfloat16' or "
+            "'float16' (aliases fp32, bf16, fp16). Losses are always computed in float32."
+        },
+    )
+    teacher_compile: bool = field(
+        default=False,
+        metadata={"help": "Wrap the teacher's forward in `torch.compile` (worth it for long runs on GPU)."},
+    )
+    teacher_model_init_kwargs: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for `from_pretrained` when `teacher_model` is a path or hub id, e.g. "
+            "{'revision': 'main'}. `dtype` comes from `teacher_dtype`."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        # Our fields are checked first, so a typo fails before TrainingArguments sets up devices.
+        if isinstance(self.objectives, str):
+            try:
+                self.objectives = json.loads(self.objectives)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"`objectives` given as a string must be JSON, e.g. '[{{\"name\": \"kl\"}}]'; got "
+                    f"{self.objectives!r} ({err})."
+                ) from err
+        self.objectives = normalize_objective_specs(self.objectives)
+        allowed_tasks = ["auto", *TASKS.names()]
+        if self.task not in allowed_tasks:
+            raise ValueError(
+                f"`task` must be one of {', '.join(allowed_tasks)}, got {self.task!r}."
+                f"{did_you_mean(self.task, allowed_tasks)}"
+            )
+        self.teacher_dtype = _DTYPE_ALIASES.get(self.teacher_dtype, self.teacher_dtype)
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(
+                f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)}, got {self.teacher_dtype!r}."
+                f"{did_you_mean(self.teacher_dtype, TEACHER_DTYPES)}"
+            )
+        if self.teacher_model_init_kwargs is not None:
+            if not isinstance(self.teacher_model_init_kwargs, dict):
+                raise ValueError(
+                    f"`teacher_model_init_kwargs` must be a mapping, got {self.teacher_model_init_kwargs!r}."
+                )
+            for key in ("dtype", "torch_dtype"):
+                if key in self.teacher_model_init_kwargs:
+                    raise ValueError(
+                        f"`teacher_model_init_kwargs` sets {key!r}; set `teacher_dtype` instead so that one "
+                        "option decides the teacher's dtype."
+                    )
+        super().__post_init__()

@@ -1,0 +1,306 @@
+"""Pure tensor functions for distillation losses.
+
+Every function here takes tensors, returns a scalar tensor and knows nothing about models, tasks or trainers,
+so each can be checked against its paper's formula in isolation.
+
+Conventions shared by the logit losses (``kl_div``, ``reverse_kl``, ``jsd``, ``ce``):
+
+* ``student_logits`` and ``teacher_logits`` have shape ``[..., V]`` (``[B, V]`` for classifiers, ``[B, L, V]``
+  for language models); every leading position is one distribution over ``V`` classes.
+* ``mask`` (optional) has the leading shape ``[...]``; ``True`` means the position counts. The result is the
+  mean over counted positions (``reduction="mean"``) or their sum (``reduction="sum"``, used by the trainer to
+  normalise correctly across gradient-accumulation steps and processes). No counted position gives ``0``.
+* Maths is done in float32 whatever the input dtype (bf16/fp16 logits are upcast), with ``log_softmax``
+  throughout; a probability of exactly zero (e.g. a ``-inf`` logit) contributes zero, never ``0 * log 0 = nan``.
+* ``temperature`` T divides the logits of both models before the softmax and the result is multiplied by T², so
+  that gradient magnitudes stay comparable across temperatures (Hinton, Vinyals & Dean 2015, "Distilling the
+  Knowledge in a Neural Network", arXiv:1503.02531).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["kl_div", "reverse_kl", "jsd", "ce", "margin_mse", "embedding_mse", "embedding_cosine"]
+
+Reduction = Literal["mean", "sum"]
+
+
+def _check_temperature(temperature: float) -> None:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"`reduction` must be 'mean' or 'sum', got {reduction!r}.")
+
+
+def _select(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten to ``[N, V]`` rows, keep only the counted rows, upcast to float32."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} and "
+            f"{tuple(teacher_logits.shape)}. If the teacher's vocabulary is padded beyond the student's, slice the "
+            "teacher logits to the student's vocabulary first (the trainer does this for you)."
+        )
+    vocab = student_logits.shape[-1]
+    student = student_logits.reshape(-1, vocab)
+    teacher = teacher_logits.reshape(-1, vocab)
+    if mask is not None:
+        if mask.shape != student_logits.shape[:-1]:
+            raise ValueError(
+                f"`mask` must have shape {tuple(student_logits.shape[:-1])} (the logits without the class "
+                f"dimension), got {tuple(mask.shape)}."
+            )
+        keep = mask.reshape(-1).to(torch.bool)
+        student, teacher = student[keep], teacher[keep]
+    return student.float(), teacher.float()
+
+
+def _check_same_shape(student: torch.Tensor, teacher: torch.Tensor) -> None:
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher embeddings must have the same shape, got {tuple(student.shape)} and "
+            f"{tuple(teacher.shape)}; when the widths differ, project the student first."
+        )
+
+
+def _reduce(per_row: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    total = per_row.sum()
+    if reduction == "sum" or per_row.numel() == 0:
+        return total
+    return total / per_row.numel()
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Row-wise KL(p || q) = Σ_v p_v (log p_v − log q_v) from log-probabilities; terms with p_v = 0 are 0."""
+    p = log_p.exp()
+    # Mask the log-ratio (not the product), so that 0 · (−inf − −inf) yields neither a NaN value nor a NaN gradient.
+    log_ratio = torch.where(p > 0, log_p - log_q, torch.zeros_like(p))
+    return (p * log_ratio).sum(dim=-1)
+
+
+def kl_div(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Forward KL, the classic distillation loss: ``KL(p_teacher || p_student)``.
+
+    Formula, with ``p = softmax(logits / T)`` per position::
+
+        T² · mean over counted positions of  Σ_v p_t(v) · (log p_t(v) − log p_s(v))
+
+    Mass-covering: the student is pushed to put probability wherever the teacher does.
+    Paper: Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531.
+
+    Args:
+        student_logits: ``[..., V]``.
+        teacher_logits: ``[..., V]``, same shape.
+        temperature: T > 0.
+        mask: ``[...]`` booleans, True = the position counts.
+        reduction: ``"mean"`` over counted positions or ``"sum"``.
+
+    Example::
+
+        >>> s, t = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+        >>> round(kl_div(s, t).item(), 4)  # (σ(1) − σ(−1)) · 1 = 0.4621
+        0.4621
+    """
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    student, teacher = _select(student_logits, teacher_logits, mask)
+    log_ps = F.log_softmax(student / temperature, dim=-1)
+    log_pt = F.log_softmax(teacher / temperature, dim=-1)
+    return _reduce(_kl_rows(log_pt, log_ps), reduction) * temperature**2
+
+
+def reverse_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Reverse KL: ``KL(p_student || p_teacher)``.
+
+    Formula, with ``p = softmax(logits / T)`` per position::
+
+        T² · mean over counted positions of  Σ_v p_s(v) · (log p_s(v) − log p_t(v))
+
+    Mode-seeking: the student concentrates on the teacher's main modes instead of covering all of them, which
+    suits generative students too small to cover the teacher's whole distribution.
+    Paper: Gu et al. 2024, "MiniLLM: Knowledge Distillation of Large Language Models", arXiv:2306.08543.
+
+    Args and shapes as in :func:`kl_div`.
+
+    Example::
+
+        >>> s, t = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+        >>> round(reverse_kl(s, t).item(), 4)
+        0.4621
+    """
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    student, teacher = _select(student_logits, teacher_logits, mask)
+    log_ps = F.log_softmax(student / temperature, dim=-1)
+    log_pt = F.log_softmax(teacher / temperature, dim=-1)
+    return _reduce(_kl_rows(log_ps, log_pt), reduction) * temperature**2
+
+
+def jsd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence between teacher and student.
+
+    Formula, with ``p = softmax(logits / T)`` per position and the mixture ``m = β·p_t + (1 − β)·p_s``::
+
+        T² · mean over counted positions of  β · KL(p_t || m) + (1 − β) · KL(p_s || m)
+
+    At β = 0.5 this is the symmetric JSD, ``½KL(p_t || m) + ½KL(p_s || m)`` with ``m = ½(p_t + p_s)``.
+    The formula tends to 0 at both ends, so, as in the GKD paper and TRL, the end points are defined by the
+    divergences it interpolates between: β = 0 gives the forward ``KL(p_t || p_s)`` (:func:`kl_div`) and
+    β = 1 the reverse ``KL(p_s || p_t)`` (:func:`reverse_kl`).
+    Paper: Agarwal et al. 2024, "On-Policy Distillation of Language Models: Learning from Self-Generated
+    Mistakes" (GKD), arXiv:2306.13649.
+
+    Args:
+        beta: β in [0, 1], the teacher's share of the mixture.
+        other args and shapes as in :func:`kl_div`.
+
+    Example::
+
+        >>> s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+        >>> jsd(s, t).item()
+        0.0
+    """
+    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
+        raise ValueError(f"`beta` must be in [0, 1], got {beta!r}.")
+    if beta == 0.0:
+        return kl_div(student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction)
+    if beta == 1.0:
+        return reverse_kl(student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction)
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    student, teacher = _select(student_logits, teacher_logits, mask)
+    log_ps = F.log_softmax(student / temperature, dim=-1)
+    log_pt = F.log_softmax(teacher / temperature, dim=-1)
+    # log m = logsumexp(log β + log p_t, log(1 − β) + log p_s), computed without leaving log space.
+    log_m = torch.logsumexp(torch.stack([log_pt + math.log(beta), log_ps + math.log(1.0 - beta)]), dim=0)
+    per_row = beta * _kl_rows(log_pt, log_m) + (1.0 - beta) * _kl_rows(log_ps, log_m)
+    return _reduce(per_row, reduction) * temperature**2
+
+
+def ce(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Cross-entropy with the ground-truth labels (the "hard" part of a KD + CE mix).
+
+    Formula::
+
+        mean over counted positions of  −log softmax(student_logits)[label]
+
+    A position counts when its label is not ``-100`` (the Hugging Face ignore index) and, if given, ``mask`` is
+    True there.
+
+    Args:
+        student_logits: ``[..., V]``.
+        labels: ``[...]`` integer class ids, ``-100`` = ignore.
+        mask: ``[...]`` booleans, optional.
+        reduction: ``"mean"`` over counted positions or ``"sum"``.
+
+    Example::
+
+        >>> round(ce(torch.tensor([[0.0, 0.0]]), torch.tensor([1])).item(), 4)  # log 2
+        0.6931
+    """
+    _check_reduction(reduction)
+    if labels.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"`labels` must have shape {tuple(student_logits.shape[:-1])} (the logits without the class "
+            f"dimension), got {tuple(labels.shape)}."
+        )
+    keep = labels != -100
+    if mask is not None:
+        if mask.shape != labels.shape:
+            raise ValueError(f"`mask` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(mask.shape)}.")
+        keep = keep & mask.to(torch.bool)
+    logits = student_logits.reshape(-1, student_logits.shape[-1])[keep.reshape(-1)].float()
+    targets = labels.reshape(-1)[keep.reshape(-1)]
+    per_row = -F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return _reduce(per_row, reduction)
+
+
+def margin_mse(
+    student_pos: torch.Tensor,
+    student_neg: torch.Tensor,
+    teacher_pos: torch.Tensor,
+    teacher_neg: torch.Tensor,
+) -> torch.Tensor:
+    """Margin-MSE for ranking distillation: the student learns the teacher's score *margin*.
+
+    Formula (signed margins, no absolute value)::
+
+        mean over all elements of  ((s_pos − s_neg) − (t_pos − t_neg))²
+
+    ``*_pos`` has shape ``[B]``; ``*_neg`` is ``[B]`` or ``[B, n]`` (n negatives per query; pos broadcasts).
+    Paper: Hofstätter et al. 2020, "Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge
+    Distillation", arXiv:2010.02666.
+
+    Example::
+
+        >>> margin_mse(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([5.0]), torch.tensor([3.0])).item()
+        1.0
+    """
+    if student_pos.shape != teacher_pos.shape or student_neg.shape != teacher_neg.shape:
+        raise ValueError(
+            "student and teacher scores must have the same shapes, got pos "
+            f"{tuple(student_pos.shape)} vs {tuple(teacher_pos.shape)} and neg {tuple(student_neg.shape)} vs "
+            f"{tuple(teacher_neg.shape)}."
+        )
+    if student_pos.dim() != 1 or student_neg.dim() not in (1, 2) or student_neg.shape[0] != student_pos.shape[0]:
+        raise ValueError(
+            f"`*_pos` must be [B] and `*_neg` [B] or [B, n] with the same B, got {tuple(student_pos.shape)} and "
+            f"{tuple(student_neg.shape)}."
+        )
+    if student_neg.dim() == 2:
+        student_pos, teacher_pos = student_pos.unsqueeze(-1), teacher_pos.unsqueeze(-1)
+    student_margin = student_pos.float() - student_neg.float()
+    teacher_margin = teacher_pos.float() - teacher_neg.float()
+    return F.mse_loss(student_margin, teacher_margin, reduction="mean")
+
+
+def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between embeddings: mean over all elements of ``(student − teacher)²``.
+
+    Shapes: both ``[B, D]`` (or any equal shape). Paper: Reimers & Gurevych 2020, "Making Monolingual Sentence
+    Embeddings Multilingual using Knowledge Distillation", arXiv:2004.09813.
+    """
+    _check_same_shape(student, teacher)
+    return F.mse_loss(student.float(), teacher.float(), reduction="mean")
+
+
+def embedding_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Cosine distance between embeddings: mean over rows of ``1 − cos(student_i, teacher_i)``.
+
+    Shapes: both ``[B, D]``.
+    """
+    _check_same_shape(student, teacher)
+    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()

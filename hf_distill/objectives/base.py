@@ -1,0 +1,124 @@
+"""The objective interface, its registry, and building objectives from plain specs."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..registry import Registry, did_you_mean
+from ..signals import SIGNAL_NAMES, Signals
+
+__all__ = ["Objective", "OBJECTIVES", "WeightedObjective", "build_objectives", "normalize_objective_specs"]
+
+
+class Objective(nn.Module):
+    """One distillation term. Subclasses are thin wrappers around a pure function in `hf_distill.losses`.
+
+    Class attributes:
+        name: the registry name used in configs and recipes (``kl``, ``ce``, ...).
+        requires: the `Signals` fields this objective reads (from the student, and from the teacher when
+            ``uses_teacher``). The student is asked for hidden states or attentions only when some objective
+            requires them.
+        uses_teacher: False for objectives that need only the student and the labels (``ce``).
+
+    ``forward(student, teacher)`` returns the **sum** over the batch's counted items (``student.mask``), either
+    one tensor or a ``dict`` of named parts; the trainer divides by the number of items in the whole accumulated
+    batch, weights, sums and logs each part. Parameters of an objective (e.g. projections) are trained with the
+    student.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset({"logits"})
+    uses_teacher: ClassVar[bool] = True
+
+    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor | dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        """The keyword arguments this objective accepts (from its ``__init__``)."""
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # drop `self`
+        return [p.name for p in params if p.kind in named]
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+_SPEC_KEYS = ("name", "weight")
+
+
+def normalize_objective_specs(specs: Any) -> list[dict[str, Any]]:
+    """Check a list of objective specs and return plain dicts ``{"name", "weight", **params}``.
+
+    Raises ``ValueError`` naming the offending entry for a wrong type, an unknown name (with a did-you-mean), a
+    negative or non-finite weight, an unknown parameter (listing the accepted ones) or a bad parameter value.
+    """
+    if isinstance(specs, Mapping) or isinstance(specs, str) or not isinstance(specs, (list, tuple)):
+        raise ValueError(
+            f"`objectives` must be a list of mappings like [{{'name': 'kl', 'weight': 1.0}}], got {specs!r}."
+        )
+    if not specs:
+        raise ValueError("`objectives` is empty: give at least one, e.g. [{'name': 'kl', 'weight': 1.0}].")
+    normalized = []
+    for i, spec in enumerate(specs):
+        where = f"`objectives[{i}]`"
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"{where} must be a mapping like {{'name': 'kl', 'weight': 1.0}}, got {spec!r}.")
+        spec = dict(spec)
+        if "name" not in spec:
+            raise ValueError(f"{where} has no `name`; registered objectives: {', '.join(OBJECTIVES.names())}.")
+        name = spec["name"]
+        if name not in OBJECTIVES:
+            raise ValueError(f"{where}: {OBJECTIVES.unknown_message(name)}")
+        weight = spec.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 <= float(weight) < float("inf")):
+            raise ValueError(f"{where}.weight must be a finite number >= 0, got {weight!r}.")
+        spec["weight"] = float(weight)
+        cls = OBJECTIVES.get(name)
+        params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
+        accepted = cls.parameter_names()
+        for key in params:
+            if key not in accepted:
+                hint = did_you_mean(key, accepted)
+                allowed = ", ".join(accepted) if accepted else "none"
+                raise ValueError(f"{where}: objective {name!r} has no parameter {key!r}.{hint} Accepted: {allowed}.")
+        try:
+            cls(**params)  # the constructor validates values (e.g. temperature > 0)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where} ({name!r}): {err}") from err
+        normalized.append(spec)
+    return normalized
+
+
+class WeightedObjective(nn.Module):
+    """An objective with its weight and the name its loss is logged under."""
+
+    def __init__(self, key: str, weight: float, objective: Objective) -> None:
+        super().__init__()
+        self.key = key
+        self.weight = weight
+        self.objective = objective
+
+
+def build_objectives(specs: list[dict[str, Any]]) -> nn.ModuleList:
+    """Instantiate normalized specs. Log keys are the objective names, suffixed ``_1``, ``_2`` on repeats."""
+    built = nn.ModuleList()
+    seen: dict[str, int] = {}
+    for spec in specs:
+        name = spec["name"]
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        key = name if count == 0 else f"{name}_{count}"
+        params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
+        built.append(WeightedObjective(key, spec["weight"], OBJECTIVES.get(name)(**params)))
+    for item in built:
+        unknown = item.objective.requires - SIGNAL_NAMES
+        if unknown:
+            raise ValueError(f"Objective {item.key!r} requires unknown signals {sorted(unknown)}.")
+    return built

@@ -1,0 +1,98 @@
+"""The task-adapter interface: how a model is run on a batch and turned into `Signals`."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from ..signals import Signals
+
+__all__ = ["TaskAdapter", "TASKS", "resolve_task", "base_model_of"]
+
+
+def base_model_of(model: nn.Module) -> nn.Module:
+    """The model inside a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+class TaskAdapter:
+    """Everything task-specific lives in an adapter; the trainer and the objectives stay task-agnostic.
+
+    An adapter knows (1) which models it handles (`detect`) and how to load one from a path (`load_model`),
+    (2) which positions of a batch are the counted "items" (`item_mask`: tokens for language models, examples
+    for classifiers), (3) how to run a model and align its outputs as `Signals` (`run`), and (4) which
+    evaluation metrics it reports (`eval_sums` / `finalize_eval`).
+    """
+
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def detect(cls, model: nn.Module) -> TaskAdapter | None:
+        """An adapter for ``model`` if this task handles it, else None."""
+        return None
+
+    @classmethod
+    def from_architecture(cls, architecture: str) -> TaskAdapter | None:
+        """An adapter for a model class name (from ``config.architectures``), else None."""
+        return None
+
+    def load_model(self, name_or_path: str, **kwargs: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def logit_width(self, model: nn.Module) -> int | None:
+        """Size of the last logits dimension (vocabulary or number of labels), or None if not applicable."""
+        return None
+
+    #: Whether a teacher whose logits are wider than the student's may be compared on the shared range
+    #: (a vocabulary padded for efficiency). Only sensible for token vocabularies.
+    allows_padded_teacher: ClassVar[bool] = False
+
+    def item_mask(self, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch entries to pass to the model's forward (labels are kept out: objectives use them)."""
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
+        raise NotImplementedError
+
+    def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-batch ``{metric: (sum, count)}``; the trainer adds them up over the evaluation set."""
+        return {}
+
+    def finalize_eval(self, means: dict[str, float]) -> dict[str, float]:
+        """Turn the evaluation-set means into the reported metrics (e.g. mean CE → perplexity)."""
+        return means
+
+
+TASKS: Registry[type[TaskAdapter]] = Registry("task")
+
+
+def resolve_task(task: str, model: nn.Module | None = None, architecture: str | None = None) -> TaskAdapter:
+    """The adapter for ``task``; with ``task="auto"`` it is detected from the model (or its architecture name)."""
+    if task != "auto":
+        cls = TASKS.get(task)
+        adapter = cls.detect(model) if model is not None else cls.from_architecture(architecture or "")
+        if adapter is None:
+            what = type(base_model_of(model)).__name__ if model is not None else architecture
+            raise ValueError(
+                f"`task={task!r}` does not handle the model {what!r}. Use a model class this task supports or "
+                f"`task='auto'` to detect it; tasks: {', '.join(TASKS.names())}."
+            )
+        return adapter
+    for name in TASKS:
+        cls = TASKS.get(name)
+        adapter = cls.detect(model) if model is not None else cls.from_architecture(architecture or "")
+        if adapter is not None:
+            return adapter
+    what = type(base_model_of(model)).__name__ if model is not None else architecture
+    raise ValueError(
+        f"Could not detect the task for the student {what!r}. Set `task` in DistillationConfig to one of "
+        f"{', '.join(TASKS.names())}, or use a model with a task head (e.g. AutoModelForCausalLM, "
+        "AutoModelForSequenceClassification)."
+    )

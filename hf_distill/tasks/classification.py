@@ -1,0 +1,77 @@
+"""Sequence (and any single-label) classifiers: one item per example."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+from .. import losses
+from ..signals import Signals
+from .base import TASKS, TaskAdapter, base_model_of
+
+__all__ = ["ClassificationTask"]
+
+_SEQ_CLS = frozenset(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values())
+
+
+@TASKS.register
+class ClassificationTask(TaskAdapter):
+    """Logit distillation for `AutoModelForSequenceClassification` models (``logits: [B, num_labels]``).
+
+    Items are examples; every example counts. Labels (``[B]``) are optional and only needed by ``ce``.
+    """
+
+    name = "classification"
+
+    @classmethod
+    def detect(cls, model: nn.Module) -> ClassificationTask | None:
+        return cls.from_architecture(type(base_model_of(model)).__name__)
+
+    @classmethod
+    def from_architecture(cls, architecture: str) -> ClassificationTask | None:
+        if architecture in _SEQ_CLS or architecture.endswith("ForSequenceClassification"):
+            return cls()
+        return None
+
+    def load_model(self, name_or_path: str, **kwargs: Any) -> nn.Module:
+        return AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+
+    def logit_width(self, model: nn.Module) -> int | None:
+        config = getattr(model, "config", None)
+        return getattr(config, "num_labels", None)
+
+    def item_mask(self, batch: dict[str, Any]) -> torch.Tensor:
+        reference = batch["input_ids"] if "input_ids" in batch else next(iter(batch.values()))
+        return torch.ones(reference.shape[0], dtype=torch.bool, device=reference.device)
+
+    def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
+        kwargs: dict[str, Any] = {}
+        if "hidden_states" in requires:
+            kwargs["output_hidden_states"] = True
+        if "attentions" in requires:
+            kwargs["output_attentions"] = True
+        outputs = model(**self.model_inputs(batch), **kwargs)
+        return Signals(
+            logits=outputs.logits,
+            labels=batch.get("labels"),
+            mask=self.item_mask(batch),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+    def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        items = student.mask.sum()
+        sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        prediction = student.logits.argmax(-1)
+        if student.labels is not None:
+            sums["accuracy"] = ((prediction == student.labels).sum(), items)
+            if teacher is not None:
+                sums["teacher_accuracy"] = ((teacher.logits.argmax(-1) == student.labels).sum(), items)
+        if teacher is not None:
+            sums["kl_to_teacher"] = (losses.kl_div(student.logits, teacher.logits, reduction="sum"), items)
+            sums["top1_agreement"] = ((prediction == teacher.logits.argmax(-1)).sum(), items)
+        return sums

@@ -1,0 +1,121 @@
+"""Language models: causal (next-token, labels shifted) and masked (predict the ``labels`` positions)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from .. import losses
+from ..signals import Signals
+from .base import TASKS, TaskAdapter, base_model_of
+
+__all__ = ["LanguageTask"]
+
+_CAUSAL = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+_MASKED = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
+
+
+@TASKS.register
+class LanguageTask(TaskAdapter):
+    """Token-level distillation for causal and masked language models.
+
+    Items are tokens. For a causal LM, position ``t`` predicts token ``t + 1``: logits are ``logits[:, :-1]`` and
+    labels ``labels[:, 1:]``, exactly as the models' own loss shifts them. A position counts when its (shifted)
+    label is not ``-100``; without labels, when the predicted token is not padding (``attention_mask``). For a
+    masked LM nothing is shifted and the counted positions are those with a label (the masked tokens).
+    """
+
+    name = "language"
+    allows_padded_teacher: ClassVar[bool] = True
+
+    def __init__(self, causal: bool = True) -> None:
+        self.causal = causal
+
+    @classmethod
+    def detect(cls, model: nn.Module) -> LanguageTask | None:
+        return cls.from_architecture(type(base_model_of(model)).__name__)
+
+    @classmethod
+    def from_architecture(cls, architecture: str) -> LanguageTask | None:
+        if architecture in _CAUSAL or architecture.endswith(("ForCausalLM", "LMHeadModel")):
+            return cls(causal=True)
+        if architecture in _MASKED or architecture.endswith("ForMaskedLM"):
+            return cls(causal=False)
+        return None
+
+    def load_model(self, name_or_path: str, **kwargs: Any) -> nn.Module:
+        auto = AutoModelForCausalLM if self.causal else AutoModelForMaskedLM
+        return auto.from_pretrained(name_or_path, **kwargs)
+
+    def logit_width(self, model: nn.Module) -> int | None:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is not None and getattr(head, "weight", None) is not None:
+            return int(head.weight.shape[0])
+        config = getattr(model, "config", None)
+        return getattr(config.get_text_config(), "vocab_size", None) if config is not None else None
+
+    def _labels(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        labels = batch.get("labels")
+        if labels is None:
+            return None
+        return labels[:, 1:] if self.causal else labels
+
+    def item_mask(self, batch: dict[str, Any]) -> torch.Tensor:
+        labels = self._labels(batch)
+        if labels is not None:
+            return labels != -100
+        if not self.causal:
+            raise ValueError(
+                "A masked language model needs `labels` marking the masked positions (e.g. from "
+                "DataCollatorForLanguageModeling(tokenizer, mlm=True)); the batch has none."
+            )
+        input_ids = batch["input_ids"]
+        attention_mask = batch.get("attention_mask")
+        if attention_mask is None:
+            return torch.ones_like(input_ids[:, 1:], dtype=torch.bool)
+        return attention_mask[:, 1:].to(torch.bool)
+
+    def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
+        kwargs: dict[str, Any] = {}
+        if "hidden_states" in requires:
+            kwargs["output_hidden_states"] = True
+        if "attentions" in requires:
+            kwargs["output_attentions"] = True
+        if self.causal:
+            kwargs["use_cache"] = False
+        outputs = model(**self.model_inputs(batch), **kwargs)
+        logits = outputs.logits[:, :-1] if self.causal else outputs.logits
+        return Signals(
+            logits=logits,
+            labels=self._labels(batch),
+            mask=self.item_mask(batch),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+    def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        mask = student.mask
+        items = mask.sum()
+        sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if student.labels is not None:
+            counted = ((student.labels != -100) & mask).sum()
+            sums["ce"] = (losses.ce(student.logits, student.labels, mask=mask, reduction="sum"), counted)
+            if teacher is not None:
+                sums["teacher_ce"] = (losses.ce(teacher.logits, student.labels, mask=mask, reduction="sum"), counted)
+        if teacher is not None:
+            sums["kl_to_teacher"] = (losses.kl_div(student.logits, teacher.logits, mask=mask, reduction="sum"), items)
+            agree = (student.logits.argmax(-1) == teacher.logits.argmax(-1)) & mask
+            sums["top1_agreement"] = (agree.sum(), items)
+        return sums
+
+    def finalize_eval(self, means: dict[str, float]) -> dict[str, float]:
+        out = dict(means)
+        for key, name in (("ce", "perplexity"), ("teacher_ce", "teacher_perplexity")):
+            if key in out:
+                out[name] = math.exp(min(out.pop(key), 700.0))
+        return out

@@ -1,0 +1,124 @@
+"""Loading and preparing the teacher, checking it against the student, and the live teacher source."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging
+
+from .signals import Signals
+from .tasks import TaskAdapter, base_model_of
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["load_teacher", "freeze_teacher", "shared_logit_width", "LiveTeacher"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_teacher(
+    teacher: nn.Module | str, task: TaskAdapter, dtype: str = "auto", init_kwargs: dict[str, Any] | None = None
+) -> nn.Module:
+    """The teacher as a module: loaded with the task's auto class when given as a path or hub id, cast to
+    ``dtype`` unless ``"auto"``."""
+    if isinstance(teacher, str):
+        kwargs = dict(init_kwargs or {})
+        kwargs["dtype"] = _DTYPES.get(dtype, "auto")
+        try:
+            teacher = task.load_model(teacher, **kwargs)
+        except OSError as err:
+            raise OSError(
+                f"Could not load the teacher {teacher!r} ({err}). Give a local folder written by "
+                "`save_pretrained`, a hub id reachable from this machine, or a loaded model."
+            ) from err
+    elif not isinstance(teacher, nn.Module):
+        raise TypeError(
+            f"`teacher_model` must be a model, a local path or a hub id, got {type(teacher).__name__}."
+        )
+    elif dtype != "auto":
+        teacher = teacher.to(_DTYPES[dtype])
+    return teacher
+
+
+def freeze_teacher(teacher: nn.Module) -> nn.Module:
+    """Eval mode (no dropout) and no gradients, so it is never trained nor given optimizer state."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _same_vocabulary(student_tokenizer: Any, teacher_tokenizer: Any) -> bool:
+    return student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
+
+
+def shared_logit_width(
+    task: TaskAdapter,
+    student: nn.Module,
+    teacher: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
+) -> int | None:
+    """Check that teacher and student logits can be compared; return the width to slice the teacher's logits
+    to (its vocabulary is padded beyond the student's), or None when they are equal or have no logits.
+
+    Raises ``ValueError`` naming both sizes for any other mismatch, before training starts.
+    """
+    student_width = task.logit_width(base_model_of(student))
+    teacher_width = task.logit_width(base_model_of(teacher))
+    if student_width is None or teacher_width is None or student_width == teacher_width:
+        if tokenizer is not None and teacher_tokenizer is not None and hasattr(tokenizer, "get_vocab"):
+            if not _same_vocabulary(tokenizer, teacher_tokenizer):
+                raise ValueError(
+                    "The teacher's tokenizer differs from the student's, so their logits index different tokens. "
+                    "Use a teacher and student that share a tokenizer (cross-tokenizer distillation is not "
+                    "supported)."
+                )
+        return None
+    if not task.allows_padded_teacher:
+        raise ValueError(
+            f"The student has {student_width} outputs but the teacher has {teacher_width}; {task.name} logits must "
+            f"match one to one. Build the student with num_labels={teacher_width} (and the teacher's id2label)."
+        )
+    if teacher_width < student_width:
+        raise ValueError(
+            f"The student's vocabulary ({student_width}) is larger than the teacher's ({teacher_width}); logit "
+            "distillation needs the same vocabulary. Resize the student with "
+            f"`student.resize_token_embeddings({teacher_width})` or pick a teacher with the student's tokenizer."
+        )
+    if tokenizer is not None and len(tokenizer) > student_width:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the student's vocabulary is {student_width} and the "
+            f"teacher's {teacher_width}; they do not share a tokenizer. Resize the student to the tokenizer or "
+            "use matching models."
+        )
+    if tokenizer is not None and teacher_tokenizer is not None and not _same_vocabulary(tokenizer, teacher_tokenizer):
+        raise ValueError(
+            f"The teacher's vocabulary ({teacher_width}) is wider than the student's ({student_width}) and their "
+            "tokenizers differ, so the shared range does not hold the same tokens. Use a teacher and student that "
+            "share a tokenizer."
+        )
+    logger.warning(
+        f"The teacher's vocabulary ({teacher_width}) is padded beyond the student's ({student_width}); logits are "
+        f"compared on the shared range [0, {student_width})"
+        + ("." if teacher_tokenizer is not None else ", assuming both models use the same tokenizer there.")
+    )
+    return student_width
+
+
+class LiveTeacher:
+    """A teacher source that runs the frozen teacher on each batch under ``torch.no_grad()``."""
+
+    def __init__(self, model: nn.Module, task: TaskAdapter, logit_width: int | None = None) -> None:
+        self.model = model
+        self.task = task
+        self.logit_width = logit_width
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
+        signals = self.task.run(self.model, batch, requires)
+        if self.logit_width is not None and signals.logits is not None:
+            signals.logits = signals.logits[..., : self.logit_width]
+        return signals

@@ -1,0 +1,286 @@
+"""`DistillationTrainer`: a `transformers.Trainer` that distils a teacher into the student.
+
+The trainer only orchestrates: the task adapter turns a batch into student and teacher `Signals`, the weighted
+objectives turn those into loss terms, and the trainer normalises, sums and logs them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from accelerate.utils import DistributedType
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer
+from transformers.trainer_utils import EvalLoopOutput
+from transformers.utils import logging
+
+from .config import DistillationConfig
+from .objectives import build_objectives
+from .signals import Signals
+from .tasks import TaskAdapter, resolve_task
+from .teacher import LiveTeacher, freeze_teacher, load_teacher, shared_logit_width
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["DistillationTrainer", "OBJECTIVES_WEIGHTS_NAME"]
+
+#: File holding the trainable parameters of the objectives (e.g. projections), next to the student's weights.
+OBJECTIVES_WEIGHTS_NAME = "distill_objectives.safetensors"
+
+
+class DistillationTrainer(Trainer):
+    """A `Trainer` whose loss is a weighted sum of distillation objectives between a frozen teacher and the
+    student being trained.
+
+    Args:
+        model: the student (a model, or a local path / hub id loaded with the task's auto class).
+        teacher_model: the teacher, as a model, a local path or a hub id. It is put in eval mode, frozen, placed
+            on the training device (never wrapped in DDP, never given optimizer state) and run under
+            ``torch.no_grad()``.
+        args: a `DistillationConfig` (objectives, task, teacher options and all `TrainingArguments`).
+        **kwargs: everything else `Trainer` accepts (``train_dataset``, ``eval_dataset``, ``data_collator``,
+            ``processing_class``, ``compute_metrics``, ``callbacks``, ...).
+
+    Loss normalisation: each objective returns a sum over counted items (tokens for language models, examples
+    for classifiers); the trainer divides by the number of items in the whole accumulated batch (across
+    processes when ``average_tokens_across_devices``), so gradient accumulation gives the same update as one
+    large batch.
+
+    Logging: each weighted term is logged as ``loss/<name>`` (their sum is ``loss``), averaged over the logging
+    window; evaluation reports ``eval_loss/<name>`` plus the task's metrics (e.g. ``eval_kl_to_teacher``,
+    ``eval_perplexity``, ``eval_accuracy``, ``eval_top1_agreement``).
+    """
+
+    # Our loss is normalised by the item count of the whole accumulated batch (see `compute_loss`).
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | str | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | None = None,
+        args: DistillationConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            args = DistillationConfig()
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(
+                f"`args` must be a DistillationConfig, got {type(args).__name__}. Build it with "
+                "`DistillationConfig(output_dir=..., objectives=[...], ...)`; it accepts every TrainingArguments "
+                "field."
+            )
+        if model is None:
+            raise ValueError("`model` (the student) is required.")
+        if teacher_model is None:
+            raise ValueError("`teacher_model` is required: a model, a local path or a hub id.")
+
+        if isinstance(model, str):
+            architectures = getattr(AutoConfig.from_pretrained(model), "architectures", None) or [""]
+            self.task: TaskAdapter = resolve_task(args.task, architecture=architectures[0])
+            model = self.task.load_model(model)
+        else:
+            self.task = resolve_task(args.task, model=model)
+
+        self.objectives = build_objectives(args.objectives)
+        self._student_requires = frozenset().union(*(o.objective.requires for o in self.objectives))
+        teacher_objectives = [o.objective for o in self.objectives if o.objective.uses_teacher]
+        self._teacher_requires = frozenset().union(*(o.requires for o in teacher_objectives))
+        self._uses_teacher = bool(teacher_objectives)
+
+        teacher_tokenizer = None
+        if isinstance(teacher_model, str):
+            try:
+                teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_model)
+            except (OSError, ValueError):
+                teacher_tokenizer = None
+        teacher = freeze_teacher(
+            load_teacher(teacher_model, self.task, args.teacher_dtype, args.teacher_model_init_kwargs)
+        )
+        tokenizer = kwargs.get("processing_class")
+        logit_width = shared_logit_width(
+            self.task, model, teacher, getattr(tokenizer, "tokenizer", tokenizer), teacher_tokenizer
+        )
+
+        super().__init__(model=model, args=args, **kwargs)
+
+        self.teacher_model = self._prepare_teacher(teacher)
+        self.teacher_source = LiveTeacher(self.teacher_model, self.task, logit_width)
+        self.objectives.to(self.args.device)
+
+        self._train_parts: dict[str, torch.Tensor] = {}
+        self._train_parts_since = 0
+        self._eval_sums: dict[str, list[torch.Tensor]] = defaultdict(lambda: [0, 0])
+
+    # ---- teacher -----------------------------------------------------------------------------------------------
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            zero_stage = self.accelerator.state.deepspeed_plugin.zero_stage
+            if zero_stage == 3:
+                raise NotImplementedError(
+                    "A live teacher under DeepSpeed ZeRO-3 is not supported yet; use ZeRO stage 1/2 or DDP."
+                )
+            teacher = teacher.to(self.accelerator.device)
+        else:
+            # evaluation_mode: placed on the device, never wrapped in DistributedDataParallel.
+            teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        if self.args.teacher_compile:
+            teacher = torch.compile(teacher)
+        return teacher
+
+    # ---- loss ----------------------------------------------------------------------------------------------------
+
+    def _items_are_global(self) -> bool:
+        """Whether `num_items_in_batch` counts the items of all processes (then the loss is scaled back up by the
+        world size, because DDP averages gradients over processes)."""
+        return bool(self.args.average_tokens_across_devices and self.args.world_size > 1)
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """Counted items (as defined by the task adapter) in all micro-batches of one optimizer step."""
+        if not batch_samples:
+            return None
+        count = sum(self.task.item_mask(batch).sum() for batch in batch_samples).to(device)
+        if self._items_are_global():
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def distillation_terms(
+        self, model: nn.Module, inputs: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], Signals, Signals | None]:
+        """Run student and teacher on ``inputs`` and return each weighted objective's **sum** over items."""
+        student = self.task.run(model, inputs, self._student_requires)
+        # In evaluation the teacher always runs, so that fidelity metrics exist even for a CE-only baseline.
+        run_teacher = self._uses_teacher or not model.training
+        teacher = self.teacher_source(inputs, self._teacher_requires | {"logits"}) if run_teacher else None
+        terms: dict[str, torch.Tensor] = {}
+        for item in self.objectives:
+            value = item.objective(student, teacher)
+            parts = value if isinstance(value, dict) else {"": value}
+            for part, tensor in parts.items():
+                terms[f"{item.key}/{part}" if part else item.key] = item.weight * tensor
+        return terms, student, teacher
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        terms, student, teacher = self.distillation_terms(model, inputs)
+        items = num_items_in_batch if num_items_in_batch is not None else student.mask.sum()
+        scale = 1.0 / torch.clamp(torch.as_tensor(items, device=student.mask.device, dtype=torch.float32), min=1)
+        if model.training and num_items_in_batch is not None and self._items_are_global():
+            scale = scale * self.args.world_size
+        terms = {key: value * scale for key, value in terms.items()}
+        loss = sum(terms.values())
+        if model.training:
+            for key, value in terms.items():
+                self._train_parts[key] = self._train_parts.get(key, 0) + value.detach()
+        else:
+            local_items = student.mask.sum().detach()
+            for key, value in terms.items():
+                self._accumulate_eval(f"loss/{key}", value.detach() * local_items, local_items)
+            for key, (total, count) in self.task.eval_sums(student, teacher).items():
+                self._accumulate_eval(key, total.detach().float(), count)
+        return (loss, student) if return_outputs else loss
+
+    # ---- optimizer and saving: trainable objective parameters (e.g. projections) ----------------------------------
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        params = [p for p in self.objectives.parameters() if p.requires_grad]
+        if params and not any(p is q for group in optimizer.param_groups for p in group["params"] for q in params):
+            optimizer.add_param_group({"params": params, "weight_decay": self.args.weight_decay})
+        return optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.objectives.state_dict().items()}
+        if tensors:
+            save_file(tensors, os.path.join(output_dir or self.args.output_dir, OBJECTIVES_WEIGHTS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, OBJECTIVES_WEIGHTS_NAME)
+        if os.path.isfile(path):
+            self.objectives.load_state_dict(load_file(path, device=str(self.args.device)))
+
+    # ---- logging ---------------------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._train_parts:
+            steps = max(self.state.global_step - self._train_parts_since, 1)
+            keys = sorted(self._train_parts)
+            stacked = torch.stack([torch.as_tensor(self._train_parts[k], device=self.args.device) for k in keys])
+            if self.args.world_size > 1:
+                stacked = self.accelerator.gather(stacked.unsqueeze(0)).mean(0)
+            for key, value in zip(keys, (stacked / steps).tolist(), strict=False):
+                logs[f"loss/{key}"] = value
+            self._train_parts = {}
+            self._train_parts_since = self.state.global_step
+        super().log(logs, start_time)
+
+    # ---- evaluation ------------------------------------------------------------------------------------------------
+
+    def _accumulate_eval(self, key: str, total: torch.Tensor, count: torch.Tensor) -> None:
+        entry = self._eval_sums[key]
+        entry[0] = entry[0] + total
+        entry[1] = entry[1] + count
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The distillation loss on ``inputs`` (labels are optional) and, for ``compute_metrics``, the student's
+        aligned logits and labels. Logits are only returned when ``compute_metrics`` will use them."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, student = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only or self.compute_metrics is None:
+            return loss.detach(), None, None
+        return loss.detach(), student.logits.detach(), None if student.labels is None else student.labels.detach()
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        """Run the standard loop, then report the distillation terms and task metrics over the whole set.
+
+        ``<prefix>_loss`` is set to the item-weighted mean of the distillation loss (the sum of the
+        ``<prefix>_loss/<name>`` terms), consistent with the training loss.
+        """
+        self._eval_sums = defaultdict(lambda: [0, 0])
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        prefix = metric_key_prefix
+        keys = sorted(self._eval_sums)
+        if not keys:
+            return output
+        device = self.args.device
+        totals = torch.stack(
+            [torch.stack([torch.as_tensor(v, device=device, dtype=torch.float64) for v in self._eval_sums[k]])
+             for k in keys]
+        )
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        means = {k: (t[0] / t[1].clamp(min=1)).item() for k, t in zip(keys, totals, strict=False)}
+        loss_terms = {k: v for k, v in means.items() if k.startswith("loss/")}
+        metrics = self.task.finalize_eval({k: v for k, v in means.items() if k not in loss_terms})
+        for key, value in loss_terms.items():
+            output.metrics[f"{prefix}_{key}"] = value
+        output.metrics[f"{prefix}_loss"] = sum(loss_terms.values())
+        for key, value in metrics.items():
+            output.metrics[f"{prefix}_{key}"] = value
+        self._eval_sums = defaultdict(lambda: [0, 0])
+        return output

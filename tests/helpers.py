@@ -1,0 +1,83 @@
+"""Small builders shared by the tests: tiny random-config models (they stand in for real checkpoints, which cannot
+be downloaded on the CI machine) and padded language-model batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+from hf_distill import DistillationConfig
+
+VOCAB = 64
+PAD = 0
+
+
+def tiny_gpt2(layers: int = 2, vocab: int = VOCAB, hidden: int = 32, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=64,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=PAD,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def tiny_bert_classifier(layers: int = 2, num_labels: int = 3, vocab: int = VOCAB, seed: int = 0):
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertForSequenceClassification(config)
+
+
+def lm_dataset(lengths: list[int], vocab: int = VOCAB, seed: int = 0) -> Dataset:
+    """Token sequences of the given (uneven) lengths; ``labels`` = ``input_ids`` (the model shifts them)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(1, vocab, (n,), generator=generator).tolist() for n in lengths]
+    return Dataset.from_dict({"input_ids": rows, "labels": rows})
+
+
+def pad_collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence of the micro-batch: pad id 0, attention 0, label -100."""
+    longest = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for f in features:
+        n = len(f["input_ids"])
+        batch["input_ids"].append(f["input_ids"] + [PAD] * (longest - n))
+        batch["attention_mask"].append([1] * n + [0] * (longest - n))
+        if "labels" in f:
+            batch["labels"].append(f["labels"] + [-100] * (longest - n))
+    if not batch["labels"]:
+        del batch["labels"]
+    return {k: torch.tensor(v) for k, v in batch.items()}
+
+
+def config(tmp_path, **overrides: Any) -> DistillationConfig:
+    defaults: dict[str, Any] = dict(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+    )
+    defaults.update(overrides)
+    return DistillationConfig(**defaults)
