@@ -25,6 +25,16 @@ def _default_objectives() -> list[dict[str, Any]]:
     return [{"name": "kl", "weight": 1.0, "temperature": 1.0}]
 
 
+def _from_json(value: Any, name: str, example: str) -> Any:
+    """Parse a JSON string (as given on a command line); other values pass through."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"`{name}` given as a string must be JSON, e.g. '{example}'; got {value!r} ({err}).") from err
+
+
 @dataclass
 class DistillationConfig(TrainingArguments):
     """Training arguments for `DistillationTrainer`. All `TrainingArguments` fields work as usual.
@@ -38,7 +48,8 @@ class DistillationConfig(TrainingArguments):
         )
     """
 
-    objectives: list[dict[str, Any]] = field(
+    # `| str | None`: HfArgumentParser then parses the command-line value as a string (JSON), as for `fsdp_config`.
+    objectives: list[dict[str, Any]] | str | None = field(
         default_factory=_default_objectives,
         metadata={
             "help": "The weighted distillation objectives, a list of mappings {name, weight, **parameters}, e.g. "
@@ -65,24 +76,22 @@ class DistillationConfig(TrainingArguments):
         default=False,
         metadata={"help": "Wrap the teacher's forward in `torch.compile` (worth it for long runs on GPU)."},
     )
-    teacher_model_init_kwargs: dict[str, Any] | None = field(
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={
             "help": "Keyword arguments for `from_pretrained` when `teacher_model` is a path or hub id, e.g. "
-            "{'revision': 'main'}. `dtype` comes from `teacher_dtype`."
+            "{'revision': 'main'} (a JSON string is accepted too). `dtype` comes from `teacher_dtype`."
         },
     )
 
     def __post_init__(self) -> None:
         # Our fields are checked first, so a typo fails before TrainingArguments sets up devices.
-        if isinstance(self.objectives, str):
-            try:
-                self.objectives = json.loads(self.objectives)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"`objectives` given as a string must be JSON, e.g. '[{{\"name\": \"kl\"}}]'; got "
-                    f"{self.objectives!r} ({err})."
-                ) from err
+        if self.objectives is None:
+            self.objectives = _default_objectives()
+        self.objectives = _from_json(self.objectives, "objectives", '[{"name": "kl", "weight": 1.0}]')
+        self.teacher_model_init_kwargs = _from_json(
+            self.teacher_model_init_kwargs, "teacher_model_init_kwargs", '{"revision": "main"}'
+        )
         self.objectives = normalize_objective_specs(self.objectives)
         allowed_tasks = ["auto", *TASKS.names()]
         if self.task not in allowed_tasks:

@@ -39,7 +39,7 @@ def teacher_path() -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-steps", type=int, default=-1, help="Shorten both stages (default: 2 epochs each).")
+    parser.add_argument("--max-steps", type=int, default=-1, help="Shorten both stages (default: 1 epoch, 2 epochs).")
     parser.add_argument("--output-dir", default="runs/quickstart", help="Where the teacher and student are saved.")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -47,14 +47,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = classification_dataset()
     labels = data["train"].features["label"].names
     tokenizer = AutoTokenizer.from_pretrained(teacher_path())
-    data = data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=96), batched=True)
-    data = data.remove_columns([c for c in data["train"].column_names if c not in ("input_ids", "attention_mask", "token_type_ids", "label")])
+    data = data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=64), batched=True)
+    keep = ("input_ids", "attention_mask", "token_type_ids", "label")
+    data = data.remove_columns([c for c in data["train"].column_names if c not in keep])
     common = dict(
         per_device_train_batch_size=32,
         per_device_eval_batch_size=64,
-        num_train_epochs=2,
         max_steps=args.max_steps,
-        learning_rate=1e-4,
         warmup_steps=10,
         save_strategy="no",
         report_to="none",
@@ -64,11 +63,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 1. The teacher: the pretrained encoder with a new head, fine-tuned with plain cross-entropy.
     teacher = AutoModelForSequenceClassification.from_pretrained(
-        teacher_path(), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
+        teacher_path(),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
     )
     Trainer(
         model=teacher,
-        args=TrainingArguments(output_dir=f"{args.output_dir}/teacher", **common),
+        args=TrainingArguments(f"{args.output_dir}/teacher", num_train_epochs=1, learning_rate=2e-4, **common),
         train_dataset=data["train"],
         data_collator=DataCollatorWithPadding(tokenizer),
     ).train()
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     config = DistillationConfig(
         output_dir=f"{args.output_dir}/student",
         objectives=[{"name": "kl", "weight": 0.5, "temperature": 2.0}, {"name": "ce", "weight": 0.5}],
-        **{**common, "learning_rate": 2e-4},
+        num_train_epochs=2,
+        learning_rate=2e-4,
+        **common,
     )
     trainer = DistillationTrainer(
         model=student,
@@ -113,8 +117,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"{'parameters':18}{teacher_params:>12,}{student_params:>12,}")
     print(f"{'latency / batch32':18}{t_latency * 1000:>10.1f}ms{s_latency * 1000:>10.1f}ms")
     print(f"{'test accuracy':18}{metrics['eval_teacher_accuracy']:>12.3f}{metrics['eval_accuracy']:>12.3f}")
-    print(f"student agrees with the teacher on {metrics['eval_top1_agreement']:.1%} of test passages; "
-          f"{teacher_params / student_params:.2f}x fewer parameters, {t_latency / s_latency:.2f}x faster.")
+    print(
+        f"student agrees with the teacher on {metrics['eval_top1_agreement']:.1%} of test passages; "
+        f"{teacher_params / student_params:.2f}x fewer parameters, {t_latency / s_latency:.2f}x faster."
+    )
     print(f"student saved to {config.output_dir}")
     return metrics
 

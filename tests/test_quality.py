@@ -63,7 +63,8 @@ def _args(output_dir, steps: int, lr: float, **extra) -> dict:
 
 
 def _lm_blocks(tokenizer, split: str) -> Dataset:
-    ids = [tok for row in tokenizer(list(load_corpus(split)["text"]))["input_ids"] for tok in [*row, tokenizer.eos_token_id]]
+    encoded = tokenizer(list(load_corpus(split)["text"]))["input_ids"]
+    ids = [token for row in encoded for token in [*row, tokenizer.eos_token_id]]
     rows = [ids[i : i + BLOCK] for i in range(0, len(ids) - BLOCK + 1, BLOCK)]
     return Dataset.from_dict({"input_ids": rows, "labels": rows})
 
@@ -87,7 +88,8 @@ def _distil(tmp_path, name, student, teacher, objectives, train, test, steps, lr
 def test_kd_beats_ce_only_for_a_causal_lm(tmp_path, tokenizer):
     train, test = _lm_blocks(tokenizer, "train"), _lm_blocks(tokenizer, "test")
     teacher = _gpt2(tokenizer, layers=4, seed=0)
-    Trainer(model=teacher, args=TrainingArguments(**_args(tmp_path / "teacher", 400, 2e-3)), train_dataset=train).train()
+    teacher_args = TrainingArguments(**_args(tmp_path / "teacher", 400, 2e-3))
+    Trainer(model=teacher, args=teacher_args, train_dataset=train).train()
 
     kd = _distil(tmp_path, "kd", _gpt2(tokenizer, 2, seed=1), teacher, KD_CE, train, test, 120, 3e-3)
     ce = _distil(tmp_path, "ce", _gpt2(tokenizer, 2, seed=1), teacher, CE_ONLY, train, test, 120, 3e-3)

@@ -284,3 +284,58 @@ def test_unknown_task_and_wrong_arguments(tmp_path):
     with pytest.raises(TypeError, match="must be a DistillationConfig"):
         DistillationTrainer(model=tiny_gpt2(1), teacher_model=tiny_gpt2(2),
                             args=TrainingArguments(output_dir=str(tmp_path / "x"), report_to="none"))
+
+
+def test_masked_lm_distils_only_the_labelled_positions(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    def mlm(layers, seed):
+        torch.manual_seed(seed)
+        return BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=layers,
+                                          num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0,
+                                          attention_probs_dropout_prob=0.0))
+
+    student, teacher = mlm(1, 1), mlm(2, 2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path))
+    assert isinstance(trainer.task, LanguageTask) and not trainer.task.causal
+    input_ids = torch.randint(1, 64, (3, 10), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(input_ids, -100)
+    labels[:, [2, 7]] = input_ids[:, [2, 7]]
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    student.eval()
+    with torch.no_grad():
+        got = trainer.compute_loss(student, batch)
+        s, t = student(input_ids=input_ids).logits, teacher(input_ids=input_ids).logits
+    torch.testing.assert_close(got, losses.kl_div(s, t, mask=labels != -100))  # no shift, 6 positions
+    with pytest.raises(ValueError, match="masked language model needs `labels`"):
+        trainer.compute_loss(student, {"input_ids": input_ids})
+
+
+def test_student_and_teacher_from_paths(tmp_path):
+    tiny_gpt2(1, seed=1).save_pretrained(tmp_path / "student")
+    tiny_gpt2(2, seed=2).save_pretrained(tmp_path / "teacher")
+    trainer = DistillationTrainer(model=str(tmp_path / "student"), teacher_model=str(tmp_path / "teacher"),
+                                  args=config(tmp_path, per_device_train_batch_size=4, max_steps=1),
+                                  train_dataset=lm_dataset(LENGTHS), data_collator=pad_collate)
+    assert trainer.model.config.n_layer == 1 and trainer.teacher_model.config.n_layer == 2
+    trainer.train()
+
+
+def test_different_tokenizers_are_refused(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    def word_tokenizer(words):
+        vocab = {w: i for i, w in enumerate(["<pad>", *words])}
+        return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
+                                       pad_token="<pad>")
+
+    tiny_gpt2(2, vocab=64, seed=2).save_pretrained(tmp_path / "teacher")
+    word_tokenizer([f"t{i}" for i in range(40)]).save_pretrained(tmp_path / "teacher")
+    student_tokenizer = word_tokenizer([f"s{i}" for i in range(40)])
+    with pytest.raises(ValueError, match="tokenizer differs from the student's"):
+        DistillationTrainer(model=tiny_gpt2(1, vocab=64), teacher_model=str(tmp_path / "teacher"),
+                            args=config(tmp_path), processing_class=student_tokenizer)
+    same = word_tokenizer([f"t{i}" for i in range(40)])
+    DistillationTrainer(model=tiny_gpt2(1, vocab=64), teacher_model=str(tmp_path / "teacher"), args=config(tmp_path),
+                        processing_class=same)
