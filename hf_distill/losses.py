@@ -72,6 +72,20 @@ def _check_same_shape(student: torch.Tensor, teacher: torch.Tensor) -> None:
         )
 
 
+def _tempered_log_probs(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None,
+    reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked arguments → ``(log p_s, log p_t)`` of the counted rows, ``[N, V]`` float32, at temperature T."""
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    student, teacher = _select(student_logits, teacher_logits, mask)
+    return F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1)
+
+
 def _reduce(per_row: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     total = per_row.sum()
     if reduction == "sum" or per_row.numel() == 0:
@@ -116,11 +130,7 @@ def kl_div(
         >>> round(kl_div(s, t).item(), 4)  # (σ(1) − σ(−1)) · 1 = 0.4621
         0.4621
     """
-    _check_temperature(temperature)
-    _check_reduction(reduction)
-    student, teacher = _select(student_logits, teacher_logits, mask)
-    log_ps = F.log_softmax(student / temperature, dim=-1)
-    log_pt = F.log_softmax(teacher / temperature, dim=-1)
+    log_ps, log_pt = _tempered_log_probs(student_logits, teacher_logits, temperature, mask, reduction)
     return _reduce(_kl_rows(log_pt, log_ps), reduction) * temperature**2
 
 
@@ -145,15 +155,11 @@ def reverse_kl(
 
     Example::
 
-        >>> s, t = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
-        >>> round(reverse_kl(s, t).item(), 4)
-        0.4621
+        >>> s, t = torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 0.0]])
+        >>> round(reverse_kl(s, t).item(), 4), round(kl_div(s, t).item(), 4)  # the direction matters
+        (1.0068, 0.8287)
     """
-    _check_temperature(temperature)
-    _check_reduction(reduction)
-    student, teacher = _select(student_logits, teacher_logits, mask)
-    log_ps = F.log_softmax(student / temperature, dim=-1)
-    log_pt = F.log_softmax(teacher / temperature, dim=-1)
+    log_ps, log_pt = _tempered_log_probs(student_logits, teacher_logits, temperature, mask, reduction)
     return _reduce(_kl_rows(log_ps, log_pt), reduction) * temperature**2
 
 
@@ -194,11 +200,7 @@ def jsd(
         return kl_div(student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction)
     if beta == 1.0:
         return reverse_kl(student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction)
-    _check_temperature(temperature)
-    _check_reduction(reduction)
-    student, teacher = _select(student_logits, teacher_logits, mask)
-    log_ps = F.log_softmax(student / temperature, dim=-1)
-    log_pt = F.log_softmax(teacher / temperature, dim=-1)
+    log_ps, log_pt = _tempered_log_probs(student_logits, teacher_logits, temperature, mask, reduction)
     # log m = logsumexp(log β + log p_t, log(1 − β) + log p_s), computed without leaving log space.
     log_m = torch.logsumexp(torch.stack([log_pt + math.log(beta), log_ps + math.log(1.0 - beta)]), dim=0)
     per_row = beta * _kl_rows(log_pt, log_m) + (1.0 - beta) * _kl_rows(log_ps, log_m)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ClassVar
+
 import torch
 
 from .. import losses
@@ -17,36 +20,35 @@ def _check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+class _TemperedDivergence(Objective):
+    """A divergence between teacher and student distributions at temperature T (``losses.<divergence>``)."""
+
+    divergence: ClassVar[Callable[..., torch.Tensor]]
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = _check_temperature(temperature)
+
+    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
+        return type(self).divergence(
+            student.logits, teacher.logits, temperature=self.temperature, mask=student.mask, reduction="sum"
+        )
+
+
 @OBJECTIVES.register
-class KLObjective(Objective):
+class KLObjective(_TemperedDivergence):
     """Forward KL, ``KL(p_teacher || p_student)`` at temperature T, scaled by T² (see `losses.kl_div`)."""
 
     name = "kl"
-
-    def __init__(self, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.temperature = _check_temperature(temperature)
-
-    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
-        return losses.kl_div(
-            student.logits, teacher.logits, temperature=self.temperature, mask=student.mask, reduction="sum"
-        )
+    divergence = staticmethod(losses.kl_div)
 
 
 @OBJECTIVES.register
-class ReverseKLObjective(Objective):
+class ReverseKLObjective(_TemperedDivergence):
     """Reverse KL, ``KL(p_student || p_teacher)`` at temperature T, scaled by T² (see `losses.reverse_kl`)."""
 
     name = "reverse_kl"
-
-    def __init__(self, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.temperature = _check_temperature(temperature)
-
-    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
-        return losses.reverse_kl(
-            student.logits, teacher.logits, temperature=self.temperature, mask=student.mask, reduction="sum"
-        )
+    divergence = staticmethod(losses.reverse_kl)
 
 
 @OBJECTIVES.register

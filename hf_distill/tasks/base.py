@@ -58,6 +58,16 @@ class TaskAdapter:
         """The batch entries to pass to the model's forward (labels are kept out: objectives use them)."""
         return {k: v for k, v in batch.items() if k != "labels"}
 
+    @staticmethod
+    def output_kwargs(requires: frozenset[str]) -> dict[str, bool]:
+        """Forward kwargs asking for hidden states / attentions only when an objective requires them."""
+        kwargs = {}
+        if "hidden_states" in requires:
+            kwargs["output_hidden_states"] = True
+        if "attentions" in requires:
+            kwargs["output_attentions"] = True
+        return kwargs
+
     def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
         raise NotImplementedError
 

@@ -49,11 +49,7 @@ class ClassificationTask(TaskAdapter):
         return torch.ones(reference.shape[0], dtype=torch.bool, device=reference.device)
 
     def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
-        kwargs: dict[str, Any] = {}
-        if "hidden_states" in requires:
-            kwargs["output_hidden_states"] = True
-        if "attentions" in requires:
-            kwargs["output_attentions"] = True
+        kwargs: dict[str, Any] = self.output_kwargs(requires)
         outputs = model(**self.model_inputs(batch), **kwargs)
         return Signals(
             logits=outputs.logits,

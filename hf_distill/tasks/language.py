@@ -81,11 +81,7 @@ class LanguageTask(TaskAdapter):
         return attention_mask[:, 1:].to(torch.bool)
 
     def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
-        kwargs: dict[str, Any] = {}
-        if "hidden_states" in requires:
-            kwargs["output_hidden_states"] = True
-        if "attentions" in requires:
-            kwargs["output_attentions"] = True
+        kwargs: dict[str, Any] = self.output_kwargs(requires)
         if self.causal:
             kwargs["use_cache"] = False
         outputs = model(**self.model_inputs(batch), **kwargs)
