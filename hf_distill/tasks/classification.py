@@ -37,8 +37,8 @@ class ClassificationTask(TaskAdapter):
             return cls()
         return None
 
-    def load_model(self, name_or_path: str, **kwargs: Any) -> nn.Module:
-        return AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+    def auto_class(self) -> Any:
+        return AutoModelForSequenceClassification
 
     def logit_width(self, model: nn.Module) -> int | None:
         config = getattr(model, "config", None)

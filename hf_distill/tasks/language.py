@@ -48,9 +48,8 @@ class LanguageTask(TaskAdapter):
             return cls(causal=False)
         return None
 
-    def load_model(self, name_or_path: str, **kwargs: Any) -> nn.Module:
-        auto = AutoModelForCausalLM if self.causal else AutoModelForMaskedLM
-        return auto.from_pretrained(name_or_path, **kwargs)
+    def auto_class(self) -> Any:
+        return AutoModelForCausalLM if self.causal else AutoModelForMaskedLM
 
     def logit_width(self, model: nn.Module) -> int | None:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

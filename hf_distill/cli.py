@@ -1,0 +1,128 @@
+"""The ``hf-distill`` command: ``train``, ``evaluate`` and ``recipes``. Help texts come from the recipe schema and
+the ``metadata["help"]`` of `DistillationConfig`'s fields, so they are written once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import textwrap
+
+from .recipes import RECIPE_SCHEMA, Key, RecipeError, find_recipe, load_recipe, shipped_recipes
+
+__all__ = ["main", "build_parser"]
+
+
+def _schema_help(schema: dict[str, Key], indent: int = 2) -> list[str]:
+    lines = []
+    for name, key in schema.items():
+        extras = []
+        if key.required:
+            extras.append("required")
+        if key.choices:
+            extras.append("one of " + ", ".join(map(str, key.choices)))
+        suffix = f" ({'; '.join(extras)})" if extras else ""
+        text = textwrap.fill(f"{name}: {key.help}{suffix}", width=110, initial_indent=" " * indent,
+                             subsequent_indent=" " * (indent + 4))
+        lines.append(text)
+        if key.children:
+            lines.extend(_schema_help(key.children, indent + 2))
+    return lines
+
+
+def _config_help() -> list[str]:
+    from transformers import TrainingArguments
+
+    from .config import DistillationConfig
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    lines = []
+    for f in dataclasses.fields(DistillationConfig):
+        if f.name not in base:
+            lines.append(textwrap.fill(f"{f.name}: {f.metadata.get('help', '')}", width=110, initial_indent="  ",
+                                       subsequent_indent="      "))
+    return lines
+
+
+def _train_epilog() -> str:
+    return "\n".join(
+        [
+            "recipe keys (docs/recipes.md):",
+            *_schema_help(RECIPE_SCHEMA),
+            "",
+            "training: takes any TrainingArguments field (see transformers' docs) and these DistillationConfig fields:",
+            *_config_help(),
+            "",
+            "examples:",
+            "  hf-distill train                                   # the quickstart recipe",
+            "  hf-distill train recipes/quickstart.yaml --set training.max_steps=20 --set objectives.0.temperature=4",
+        ]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-distill",
+        description="Knowledge distillation for the Hugging Face stack: run a whole distillation from one recipe.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    train = sub.add_parser(
+        "train",
+        help="Distil a teacher into a student as a recipe describes; write the student and a report.",
+        description="Run a recipe: load data, teacher and student, distil, evaluate, and write the student, its "
+        "tokenizer, the resolved recipe, the trainer state and report.json / report.png to training.output_dir.",
+        epilog=_train_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("recipe", nargs="?", default="quickstart",
+                       help="A recipe file or the name of a shipped recipe (default: quickstart).")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="Override a recipe value (parsed as YAML); repeatable, e.g. --set training.max_steps=10.")
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="Evaluate a finished run's student against its teacher and rewrite its report.",
+        description="Evaluate the student in an output directory (or the one a recipe points to) against its "
+        "teacher on the recipe's evaluation data; print the table and rewrite report.json / report.png.",
+    )
+    evaluate.add_argument("target", metavar="RECIPE_OR_OUTPUT_DIR",
+                          help="An output directory written by `hf-distill train`, or a recipe file.")
+
+    sub.add_parser("recipes", help="List the shipped recipes with a one-line description each.",
+                   description="List the shipped recipes with a one-line description each.")
+    return parser
+
+
+def _list_recipes() -> None:
+    import yaml
+
+    for name, path in shipped_recipes().items():
+        description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        print(f"{name:<28} {description}")
+        print(f"{'':<28} {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "recipes":
+            _list_recipes()
+        elif args.command == "train":
+            from .pipeline import train_recipe
+
+            train_recipe(load_recipe(find_recipe(args.recipe), args.overrides))
+        elif args.command == "evaluate":
+            from .pipeline import evaluate_output_dir
+
+            evaluate_output_dir(args.target)
+    except RecipeError as err:
+        print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

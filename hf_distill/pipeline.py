@@ -1,0 +1,315 @@
+"""Running a recipe: data → teacher (optionally fine-tuned) → student → distillation → saved outputs and report.
+
+Everything that can be checked without a model — the recipe, the data files and columns, the output directory —
+is checked first, so a bad run fails before any weights are loaded and without writing anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers.utils import logging
+
+from .recipes import Recipe, RecipeError, build_config, resolve_model_reference
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["load_data", "check_output_dir", "train_recipe", "evaluate_output_dir", "RECIPE_FILE"]
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def _resolve_task(recipe: Recipe) -> str:
+    task = recipe["task"] or "auto"
+    if task != "auto":
+        return task
+    from transformers import AutoConfig
+
+    from .tasks import TASKS
+
+    if "config" in recipe["teacher"]:
+        raise RecipeError(["`task`: a teacher built from `teacher.config` needs an explicit `task:`."])
+    reference = resolve_model_reference(recipe["teacher"]["model"], recipe)
+    architecture = (getattr(AutoConfig.from_pretrained(reference), "architectures", None) or [""])[0]
+    for name in TASKS:
+        if TASKS.get(name).from_architecture(architecture) is not None:
+            return name
+    raise RecipeError([f"`task`: cannot detect the task from the teacher's architecture {architecture!r}; set "
+                       f"`task:` to one of {', '.join(TASKS.names())}."])
+
+
+def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
+    """The raw train/eval datasets, with their text and label columns checked."""
+    from datasets import Dataset, DatasetDict, load_dataset
+
+    from .data import classification_dataset, load_corpus
+
+    data = recipe["data"]
+    columns = data.get("columns") or {}
+    text_column, label_column = columns.get("text", "text"), columns.get("label", "label")
+    needs_labels = task == "classification"
+    loaded: dict[str, Any] = {}
+    problems: list[str] = []
+    for split in ("train", "eval"):
+        spec = data.get(split)
+        if spec is None:
+            continue
+        where = f"data.{split}"
+        if "bundled" in spec:
+            part = spec.get("split", "train")
+            dataset = load_corpus(part) if spec["bundled"] == "corpus" else classification_dataset()[part]
+        else:
+            kwargs = dict(spec)
+            files = kwargs.get("data_files")
+            if isinstance(files, str):
+                kwargs["data_files"] = recipe.resolve_path(files)
+            elif isinstance(files, list):
+                kwargs["data_files"] = [recipe.resolve_path(f) for f in files]
+            kwargs.setdefault("split", "train")
+            try:
+                dataset = load_dataset(**kwargs)
+            except Exception as err:  # datasets raises many kinds; the key path is what the user needs
+                problems.append(f"`{where}`: could not load the dataset ({type(err).__name__}: {err}).")
+                continue
+            if isinstance(dataset, DatasetDict):
+                problems.append(f"`{where}`: got several splits {list(dataset)}; choose one with `split:`.")
+                continue
+        if not isinstance(dataset, Dataset) or len(dataset) == 0:
+            problems.append(f"`{where}`: the dataset is empty.")
+            continue
+        if text_column not in dataset.column_names:
+            problems.append(
+                f"`data.columns.text`: the {split} data has no column {text_column!r}; its columns are "
+                f"{dataset.column_names}. Set data.columns.text to one of them."
+            )
+        if needs_labels and label_column not in dataset.column_names:
+            problems.append(
+                f"`data.columns.label`: classification needs labels but the {split} data has no column "
+                f"{label_column!r}; its columns are {dataset.column_names}."
+            )
+        limit = data.get(f"max_{split}_samples")
+        loaded[split] = dataset.select(range(min(limit, len(dataset)))) if limit else dataset
+    if problems:
+        raise RecipeError(problems, str(recipe.source) if recipe.source else None)
+    return loaded
+
+
+def check_output_dir(recipe: Recipe) -> None:
+    out = recipe.output_dir
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not recipe.overwrite_output_dir:
+        raise RecipeError(
+            [f"`training.output_dir`: {str(out)!r} exists and is not empty. Choose another with --set "
+             "training.output_dir=..., or allow reuse with --set training.overwrite_output_dir=true."]
+        )
+
+
+def _label_names(dataset: Any, column: str) -> list[str]:
+    feature = dataset.features[column]
+    if hasattr(feature, "names"):
+        return list(feature.names)
+    return [str(v) for v in sorted(set(dataset[column]))]
+
+
+def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool, recipe: Recipe) -> dict[str, Any]:
+    """Classification: truncated texts with labels. Causal LM: the texts joined by EOS and cut into blocks of
+    ``max_length`` tokens (labels = inputs; the model shifts them). Masked LM: truncated texts (the collator masks)."""
+    columns = recipe["data"].get("columns") or {}
+    text_column, label_column = columns.get("text", "text"), columns.get("label", "label")
+    max_length = recipe["data"].get("max_length", 128)
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+    def blocks(batch: dict[str, list]) -> dict[str, list]:
+        ids = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
+        stream = list(itertools.chain.from_iterable([*row, separator] for row in ids))
+        rows = [stream[i : i + max_length] for i in range(0, len(stream) - max_length + 1, max_length)]
+        return {"input_ids": rows, "labels": [list(r) for r in rows]}
+
+    def truncate(batch: dict[str, list]) -> dict[str, Any]:
+        return tokenizer(batch[text_column], truncation=True, max_length=max_length,
+                         return_special_tokens_mask=task != "classification")
+
+    if task == "classification":
+        keep = {"input_ids", "attention_mask", "token_type_ids", "label"}
+    elif causal:
+        keep = {"input_ids", "labels"}
+    else:
+        keep = {"input_ids", "attention_mask", "token_type_ids", "special_tokens_mask"}
+    out = {}
+    for split, dataset in datasets.items():
+        if task != "classification" and causal:
+            tokenized = dataset.map(blocks, batched=True, remove_columns=dataset.column_names)
+        else:
+            tokenized = dataset.map(truncate, batched=True)
+        if task == "classification" and label_column != "label":
+            tokenized = tokenized.rename_column(label_column, "label")
+        out[split] = tokenized.remove_columns([c for c in tokenized.column_names if c not in keep])
+    return out
+
+
+def _collator(task: str, causal: bool, tokenizer: Any) -> Any:
+    from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, default_data_collator
+
+    if task == "classification":
+        return DataCollatorWithPadding(tokenizer)
+    if causal:
+        return default_data_collator  # fixed-length blocks with labels
+    return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
+
+
+def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
+    """Run a validated recipe end to end; returns the report (also written to the output directory)."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments
+
+    from .report import build_report, format_report, write_report
+    from .students import make_student
+    from .trainer import DistillationTrainer
+
+    # 1. Everything checkable without a model.
+    task_name = _resolve_task(recipe)
+    raw = load_data(recipe, task_name)
+    check_output_dir(recipe)
+    config = build_config(recipe, task=task_name)
+    out = recipe.output_dir
+
+    # 2. Tokenizer and teacher.
+    teacher_spec = recipe["teacher"]
+    teacher_ref = resolve_model_reference(teacher_spec["model"], recipe) if "model" in teacher_spec else None
+    tokenizer_ref = resolve_model_reference(recipe["tokenizer"], recipe) if recipe["tokenizer"] else teacher_ref
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if teacher_ref is not None:
+        teacher_config = AutoConfig.from_pretrained(teacher_ref)
+    else:
+        teacher_config = _config_from_spec(teacher_spec["config"], tokenizer)
+    adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
+    causal = getattr(adapter, "causal", False)
+    model_kwargs: dict[str, Any] = dict(teacher_spec.get("init_kwargs") or {})
+    if task_name == "classification":
+        names = _label_names(raw["train"], (recipe["data"].get("columns") or {}).get("label", "label"))
+        model_kwargs.update(num_labels=len(names), id2label=dict(enumerate(names)),
+                            label2id={n: i for i, n in enumerate(names)})
+    data = _tokenize(raw, tokenizer, task_name, causal, recipe)
+    collator = _collator(task_name, causal, tokenizer)
+    torch.manual_seed(config.seed)
+    if teacher_ref is not None:
+        teacher = adapter.load_model(teacher_ref, **model_kwargs)
+    else:
+        teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer, **model_kwargs))
+
+    finetune = recipe["teacher"].get("finetune")
+    if finetune:
+        echo(f"Training the teacher ({teacher_spec.get('model', 'from teacher.config')}) on the training data first")
+        args = TrainingArguments(**{"output_dir": str(out / "teacher"), "report_to": "none",
+                                    "save_strategy": "no", "seed": config.seed, **finetune})
+        Trainer(model=teacher, args=args, train_dataset=data["train"], data_collator=collator).train()
+        teacher.save_pretrained(out / "teacher")
+        tokenizer.save_pretrained(out / "teacher")
+
+    # 3. Student.
+    spec = recipe["student"]
+    if "from_teacher" in spec:
+        student = make_student(teacher, **spec["from_teacher"])
+    elif "model" in spec:
+        student = adapter.load_model(resolve_model_reference(spec["model"], recipe), **model_kwargs)
+    else:
+        student = adapter.model_from_config(_config_from_spec(spec["config"], tokenizer, **model_kwargs))
+
+    # 4. Distillation.
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=config, train_dataset=data["train"],
+        eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer,
+    )
+    trainer.train()
+    metrics = trainer.evaluate() if "eval" in data else {}
+    trainer.save_model(str(out))
+    trainer.save_state()
+    resolved = {**recipe.raw, "training": {**recipe.training}}
+    (out / RECIPE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    # 5. Report.
+    sample = data.get("eval", data["train"])
+    batch = collator([sample[i] for i in range(min(len(sample), config.per_device_eval_batch_size))])
+    batch = {k: v.to(trainer.args.device) for k, v in batch.items() if k != "labels"}
+    teacher_name = str(teacher_spec.get("model") or f"{out / 'teacher'} (trained from teacher.config)")
+    report = build_report(task_name, trainer.teacher_model, trainer.model, metrics, batch, teacher_name, str(out))
+    write_report(report, out)
+    echo(format_report(report))
+    echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
+    return report
+
+
+def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
+    """Re-evaluate a finished run: its student against its teacher on the recipe's evaluation data."""
+    from .recipes import load_recipe
+
+    path = Path(path)
+    recipe_file = path / RECIPE_FILE if path.is_dir() else path
+    if not recipe_file.is_file():
+        raise RecipeError([f"{str(path)!r} is neither a recipe file nor an output directory holding {RECIPE_FILE}."])
+    recipe = load_recipe(recipe_file)
+    if path.is_dir():
+        recipe.training["output_dir"] = str(path)
+    out = recipe.output_dir
+    if not (out / "config.json").is_file():
+        raise RecipeError([f"{str(out)!r} holds no trained student (config.json); run `hf-distill train` first."])
+    if not recipe["data"].get("eval"):
+        raise RecipeError(["`data.eval` is missing: evaluation needs evaluation data."])
+
+    from transformers import AutoTokenizer
+
+    from .report import build_report, format_report, write_report
+    from .trainer import DistillationTrainer
+
+    task_name = _resolve_task(recipe)
+    raw = load_data(recipe, task_name)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    adapter = _adapter(task_name, _architecture(out))
+    causal = getattr(adapter, "causal", False)
+    data = _tokenize({"eval": raw["eval"]}, tokenizer, task_name, causal, recipe)
+    collator = _collator(task_name, causal, tokenizer)
+    teacher_dir = out / "teacher"
+    if (teacher_dir / "config.json").is_file():
+        teacher_ref = str(teacher_dir)
+    else:
+        teacher_ref = resolve_model_reference(recipe["teacher"]["model"], recipe)
+    config = build_config(recipe, task=task_name, output_dir=str(out))
+    trainer = DistillationTrainer(model=str(out), teacher_model=teacher_ref, args=config,
+                                  eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer)
+    metrics = trainer.evaluate()
+    sample = data["eval"]
+    batch = collator([sample[i] for i in range(min(len(sample), config.per_device_eval_batch_size))])
+    batch = {k: v.to(trainer.args.device) for k, v in batch.items() if k != "labels"}
+    report = build_report(task_name, trainer.teacher_model, trainer.model, metrics, batch, teacher_ref, str(out))
+    write_report(report, out)
+    echo(format_report(report))
+    return report
+
+
+def _config_from_spec(spec: dict[str, Any], tokenizer: Any, **extra: Any) -> Any:
+    """A config from recipe keys (``model_type`` + fields); the vocabulary defaults to the tokenizer's."""
+    from transformers import AutoConfig
+
+    fields = dict(spec)
+    fields.setdefault("vocab_size", len(tokenizer))
+    if tokenizer.pad_token_id is not None:
+        fields.setdefault("pad_token_id", tokenizer.pad_token_id)
+    return AutoConfig.for_model(fields.pop("model_type"), **{**extra, **fields})
+
+
+def _adapter(task_name: str, architecture: str) -> Any:
+    """The task's adapter for this architecture (a headless one, e.g. BertModel, gets the task's default)."""
+    from .tasks import TASKS
+
+    cls = TASKS.get(task_name)
+    return cls.from_architecture(architecture) or cls()
+
+
+def _architecture(folder: Path) -> str:
+    from transformers import AutoConfig
+
+    return (AutoConfig.from_pretrained(folder).architectures or [""])[0]

