@@ -7,6 +7,7 @@ is checked first, so a bad run fails before any weights are loaded and without w
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,11 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
             dataset = load_corpus(part) if spec["bundled"] == "corpus" else classification_dataset()[part]
         else:
             kwargs = dict(spec)
-            files = kwargs.get("data_files")
-            if isinstance(files, str):
-                kwargs["data_files"] = recipe.resolve_path(files)
-            elif isinstance(files, list):
-                kwargs["data_files"] = [recipe.resolve_path(f) for f in files]
+            if "data_files" in kwargs:
+                kwargs["data_files"] = _resolve_files(kwargs["data_files"], recipe)
+                if all(os.path.isfile(f) and os.path.getsize(f) == 0 for f in _flat_files(kwargs["data_files"])):
+                    problems.append(f"`{where}`: the dataset is empty ({spec['data_files']!r} has no bytes).")
+                    continue
             kwargs.setdefault("split", "train")
             try:
                 dataset = load_dataset(**kwargs)
@@ -97,8 +98,28 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
     return loaded
 
 
+def _resolve_files(files: Any, recipe: Recipe) -> Any:
+    """``data_files`` (a path, a list, or a mapping split → path(s)) made relative to the recipe's folder."""
+    if isinstance(files, str):
+        return recipe.resolve_path(files)
+    if isinstance(files, list):
+        return [_resolve_files(f, recipe) for f in files]
+    if isinstance(files, dict):
+        return {k: _resolve_files(v, recipe) for k, v in files.items()}
+    return files
+
+
+def _flat_files(files: Any) -> list[str]:
+    if isinstance(files, str):
+        return [files]
+    values = files.values() if isinstance(files, dict) else files
+    return [f for item in values for f in _flat_files(item)]
+
+
 def check_output_dir(recipe: Recipe) -> None:
     out = recipe.output_dir
+    if out.exists() and not out.is_dir():
+        raise RecipeError([f"`training.output_dir`: {str(out)!r} is a file, not a directory; choose another path."])
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not recipe.overwrite_output_dir:
         raise RecipeError(
             [f"`training.output_dir`: {str(out)!r} exists and is not empty. Choose another with --set "

@@ -14,6 +14,8 @@ import dataclasses
 import importlib
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,7 +287,7 @@ def _check_no_env_references(node: Any, where: str, problems: list[str]) -> None
             _check_no_env_references(value, f"{where}.{key}" if where else str(key), problems)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _check_no_env_references(value, f"{where}[{i}]", problems)
+            _check_no_env_references(value, f"{where}.{i}", problems)  # the form --set accepts
     elif isinstance(node, str) and re.search(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*", node):
         problems.append(
             f"`{where}` = {node!r}: environment variables are not expanded in recipes. Write the value itself, or "
@@ -331,10 +333,41 @@ def _is_pattern_or_url(file: str) -> bool:
     return "://" in file or any(c in file for c in "*?[")
 
 
-def _training_fields() -> dict[str, dataclasses.Field]:
-    from .config import DistillationConfig
+def _training_fields(cls: type | None = None) -> dict[str, Any]:
+    """Init fields of ``cls`` (default: DistillationConfig) → their resolved type hints."""
+    if cls is None:
+        from .config import DistillationConfig as cls
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
 
-    return {f.name: f for f in dataclasses.fields(DistillationConfig) if f.init}
+
+def _simple_types(hint: Any) -> tuple[type, ...] | None:
+    """The plain types a field accepts, or None when it takes richer values (lists, dicts, enums, ...)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not args or not all(a in (int, float, bool, str, type(None)) for a in args):
+        return None
+    return tuple(args)
+
+
+def _check_training_arguments(
+    values: dict[str, Any], where: str, fields: dict[str, Any], problems: list[str]
+) -> None:
+    """Unknown keys (with a did-you-mean) and values of the wrong plain type, before anything is built."""
+    for key, value in values.items():
+        if key not in fields:
+            problems.append(
+                f"`{where}.{key}`: not a {'DistillationConfig/' if where == 'training' else ''}TrainingArguments "
+                f"field.{did_you_mean(key, fields)} See `hf-distill train --help`."
+            )
+            continue
+        allowed = _simple_types(fields[key])
+        if allowed is None or value is None and type(None) in allowed:
+            continue
+        ok = isinstance(value, allowed) and (not isinstance(value, bool) or bool in allowed)
+        ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
+            problems.append(f"`{where}.{key}` must be {expected}, got {value!r} ({type(value).__name__}).")
 
 
 _RECIPE_OWNED_TRAINING = {
@@ -395,20 +428,23 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
         except ValueError as err:
             problems.append(str(err))
 
-    training = dict(raw.get("training") or {})
     if isinstance(raw.get("training"), dict):
-        recipe.overwrite_output_dir = bool(training.pop("overwrite_output_dir", False))
-        fields = _training_fields()
-        for key in list(training):
-            if key in _RECIPE_OWNED_TRAINING:
-                problems.append(f"`training.{key}`: set it as `{_RECIPE_OWNED_TRAINING[key]}` in the recipe instead.")
-            elif key not in fields:
-                problems.append(
-                    f"`training.{key}`: not a DistillationConfig/TrainingArguments field."
-                    f"{did_you_mean(key, fields)} See `hf-distill train --help` for the fields."
-                )
+        training = dict(raw["training"])
+        overwrite = training.pop("overwrite_output_dir", False)
+        if not isinstance(overwrite, bool):
+            problems.append(f"`training.overwrite_output_dir` must be true/false, got {overwrite!r}.")
+        recipe.overwrite_output_dir = overwrite is True
+        for key in _RECIPE_OWNED_TRAINING.keys() & training.keys():
+            problems.append(f"`training.{key}`: set it as `{_RECIPE_OWNED_TRAINING[key]}` in the recipe instead.")
+            training.pop(key)
+        _check_training_arguments(training, "training", _training_fields(), problems)
         training.setdefault("output_dir", f"runs/{recipe.name}")
         recipe.training = training
+    teacher_finetune = teacher.get("finetune") if isinstance(teacher, dict) else None
+    if isinstance(teacher_finetune, dict):
+        from transformers import TrainingArguments
+
+        _check_training_arguments(teacher_finetune, "teacher.finetune", _training_fields(TrainingArguments), problems)
 
     hub = raw.get("hub")
     if isinstance(hub, dict) and hub.get("push"):
@@ -428,11 +464,20 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
 
 def _check_training_values(recipe: Recipe) -> list[str]:
     """Build the DistillationConfig once (no model is loaded) so that its own range checks run now."""
+    problems = []
     try:
         build_config(recipe)
     except (ValueError, TypeError) as err:
-        return [f"`training`: {err}"]
-    return []
+        problems.append(f"`training`: {err}")
+    finetune = recipe["teacher"].get("finetune")
+    if finetune:
+        from transformers import TrainingArguments
+
+        try:
+            TrainingArguments(**{"output_dir": str(recipe.output_dir / "teacher"), "report_to": "none", **finetune})
+        except (ValueError, TypeError) as err:
+            problems.append(f"`teacher.finetune`: {err}")
+    return problems
 
 
 def build_config(recipe: Recipe, **extra: Any):  # noqa: ANN201 (DistillationConfig, imported lazily)
