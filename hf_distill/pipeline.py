@@ -185,7 +185,6 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments
 
-    from .report import build_report, format_report, write_report
     from .students import make_student
     from .trainer import DistillationTrainer
 
@@ -253,13 +252,8 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     (out / RECIPE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     # 5. Report.
-    sample = data.get("eval", data["train"])
-    batch = collator([sample[i] for i in range(min(len(sample), config.per_device_eval_batch_size))])
-    batch = {k: v.to(trainer.args.device) for k, v in batch.items() if k != "labels"}
     teacher_name = str(teacher_spec.get("model") or f"{out / 'teacher'} (trained from teacher.config)")
-    report = build_report(task_name, trainer.teacher_model, trainer.model, metrics, batch, teacher_name, str(out))
-    write_report(report, out)
-    echo(format_report(report))
+    report = _report(trainer, task_name, metrics, data.get("eval", data["train"]), collator, teacher_name, echo)
     echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
     return report
 
@@ -283,7 +277,6 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
 
     from transformers import AutoTokenizer
 
-    from .report import build_report, format_report, write_report
     from .trainer import DistillationTrainer
 
     task_name = _resolve_task(recipe)
@@ -302,10 +295,20 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
     trainer = DistillationTrainer(model=str(out), teacher_model=teacher_ref, args=config,
                                   eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer)
     metrics = trainer.evaluate()
-    sample = data["eval"]
-    batch = collator([sample[i] for i in range(min(len(sample), config.per_device_eval_batch_size))])
+    report = _report(trainer, task_name, metrics, data["eval"], collator, teacher_ref, echo)
+    return report
+
+
+def _report(trainer: Any, task_name: str, metrics: dict[str, float], sample: Any, collator: Any, teacher_name: str,
+            echo: Any) -> dict[str, Any]:
+    """Measure teacher and student on one evaluation batch, write report.json / report.png, print the table."""
+    from .report import build_report, format_report, write_report
+
+    size = min(len(sample), trainer.args.per_device_eval_batch_size)
+    batch = collator([sample[i] for i in range(size)])
     batch = {k: v.to(trainer.args.device) for k, v in batch.items() if k != "labels"}
-    report = build_report(task_name, trainer.teacher_model, trainer.model, metrics, batch, teacher_ref, str(out))
+    out = trainer.args.output_dir
+    report = build_report(task_name, trainer.teacher_model, trainer.model, metrics, batch, teacher_name, out)
     write_report(report, out)
     echo(format_report(report))
     return report
