@@ -62,7 +62,8 @@ class DistillationConfig(TrainingArguments):
         default="auto",
         metadata={
             "help": "How batches are turned into signals: 'auto' (detected from the student's class), "
-            "'language' (causal or masked LM, per token) or 'classification' (per example)."
+            "'language' (causal or masked LM, per token), 'classification' (per example) or 'embedding' (pooled "
+            "sentence embeddings of a base AutoModel, per text)."
         },
     )
     teacher_dtype: str = field(
@@ -84,6 +85,22 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    embedding_pooling: str = field(
+        default="auto",
+        metadata={
+            "help": "Embedding task: how token states become a sentence embedding, 'mean', 'cls' or 'last' (token); "
+            "'auto' reads each model's sentence-transformers folder (1_Pooling/config.json), else the teacher's, "
+            "else mean."
+        },
+    )
+    embedding_normalize: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Embedding task: L2-normalise the pooled embeddings (true/false); unset = as the model's "
+            "sentence-transformers folder says (a Normalize module), else not."
+        },
+    )
+
     def __post_init__(self) -> None:
         # Our fields are checked first, so a typo fails before TrainingArguments sets up devices.
         if self.objectives is None:
@@ -98,6 +115,12 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"`task` must be one of {', '.join(allowed_tasks)}, got {self.task!r}."
                 f"{did_you_mean(self.task, allowed_tasks)}"
+            )
+        pooling_choices = ("auto", "mean", "cls", "last")
+        if self.embedding_pooling not in pooling_choices:
+            raise ValueError(
+                f"`embedding_pooling` must be one of {', '.join(pooling_choices)}, got {self.embedding_pooling!r}."
+                f"{did_you_mean(self.embedding_pooling, pooling_choices)}"
             )
         self.teacher_dtype = _DTYPE_ALIASES.get(self.teacher_dtype, self.teacher_dtype)
         if self.teacher_dtype not in TEACHER_DTYPES:

@@ -25,7 +25,17 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kl_div", "reverse_kl", "jsd", "ce", "margin_mse", "embedding_mse", "embedding_cosine"]
+__all__ = [
+    "kl_div",
+    "reverse_kl",
+    "jsd",
+    "ce",
+    "margin_mse",
+    "embedding_mse",
+    "embedding_cosine",
+    "embedding_l2",
+    "similarity_kd",
+]
 
 Reduction = Literal["mean", "sum"]
 
@@ -289,20 +299,75 @@ def margin_mse(
     return F.mse_loss(student_margin, teacher_margin, reduction="mean")
 
 
-def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def _rows(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """Reduce per-row values: their mean, or their sum (the trainer's normalisation over items)."""
+    _check_reduction(reduction)
+    return _reduce(values, reduction)
+
+
+def embedding_mse(student: torch.Tensor, teacher: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
     """Mean squared error between embeddings: mean over all elements of ``(student − teacher)²``.
 
-    Shapes: both ``[B, D]`` (or any equal shape). Paper: Reimers & Gurevych 2020, "Making Monolingual Sentence
-    Embeddings Multilingual using Knowledge Distillation", arXiv:2004.09813.
+    Shapes: both ``[B, D]``. ``reduction="sum"`` sums the per-row means (``B`` × the mean). As
+    sentence-transformers' MSELoss. Paper: Reimers & Gurevych 2020, "Making Monolingual Sentence Embeddings
+    Multilingual using Knowledge Distillation", arXiv:2004.09813.
+
+    Example::
+
+        >>> embedding_mse(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0]])).item()  # (0 + 4) / 2
+        2.0
     """
     _check_same_shape(student, teacher)
-    return F.mse_loss(student.float(), teacher.float(), reduction="mean")
+    return _rows((student.float() - teacher.float()).pow(2).mean(dim=-1), reduction)
 
 
-def embedding_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def embedding_cosine(student: torch.Tensor, teacher: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
     """Cosine distance between embeddings: mean over rows of ``1 − cos(student_i, teacher_i)``.
 
     Shapes: both ``[B, D]``.
+
+    Example::
+
+        >>> embedding_cosine(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]])).item()  # orthogonal
+        1.0
     """
     _check_same_shape(student, teacher)
-    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+    return _rows(1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1), reduction)
+
+
+def embedding_l2(student: torch.Tensor, teacher: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """Euclidean distance between embeddings: mean over rows of ``||student_i − teacher_i||₂``.
+
+    Shapes: both ``[B, D]``. The alignment loss of LEAF ("LEAF: Knowledge Distillation of Text Embedding Models
+    with Teacher-Aligned Representations", 2025), whose students query an index built by the teacher.
+
+    Example::
+
+        >>> embedding_l2(torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0]])).item()
+        5.0
+    """
+    _check_same_shape(student, teacher)
+    return _rows((student.float() - teacher.float()).norm(dim=-1), reduction)
+
+
+def similarity_kd(student: torch.Tensor, teacher: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """Relational distillation: mean over rows ``i`` of ``mean_j (cos(s_i, s_j) − cos(t_i, t_j))²``.
+
+    ``student`` ``[B, d_s]`` and ``teacher`` ``[B, d_t]`` may have different widths: only the in-batch cosine
+    similarity matrices are compared. Paper: Park et al. 2019, "Relational Knowledge Distillation",
+    arXiv:1904.05068 (here with cosine similarities instead of distances).
+
+    Example::
+
+        >>> s = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); t = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+        >>> similarity_kd(s, t).item()  # off-diagonal: cos 0 vs 1 → (0 + 1) / 2 per row
+        0.5
+    """
+    if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"student and teacher embeddings must be [B, d_s] and [B, d_t] with the same B, got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}."
+        )
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    return _rows((s @ s.T - t @ t.T).pow(2).mean(dim=-1), reduction)

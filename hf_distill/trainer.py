@@ -60,8 +60,8 @@ class DistillationTrainer(Trainer):
 
     def __init__(
         self,
-        model: PreTrainedModel | nn.Module | str | None = None,
-        teacher_model: PreTrainedModel | nn.Module | str | None = None,
+        model: PreTrainedModel | nn.Module | str | os.PathLike | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | os.PathLike | None = None,
         args: DistillationConfig | None = None,
         **kwargs: Any,
     ) -> None:
@@ -78,6 +78,10 @@ class DistillationTrainer(Trainer):
         if teacher_model is None:
             raise ValueError("`teacher_model` is required: a model, a local path or a hub id.")
 
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
+        if isinstance(teacher_model, os.PathLike):
+            teacher_model = os.fspath(teacher_model)
         if isinstance(model, str):
             architectures = getattr(AutoConfig.from_pretrained(model), "architectures", None) or [""]
             self.task: TaskAdapter = resolve_task(args.task, architecture=architectures[0])
@@ -100,6 +104,9 @@ class DistillationTrainer(Trainer):
         teacher = freeze_teacher(
             load_teacher(teacher_model, self.task, args.teacher_dtype, args.teacher_model_init_kwargs)
         )
+        self.task.prepare(model, teacher, args)
+        for item in self.objectives:
+            item.objective.setup(self.task, model, teacher)
         tokenizer = kwargs.get("processing_class")
         logit_width = shared_logit_width(
             self.task, model, teacher, getattr(tokenizer, "tokenizer", tokenizer), teacher_tokenizer
@@ -200,9 +207,11 @@ class DistillationTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.objectives.state_dict().items()}
         if tensors:
-            save_file(tensors, os.path.join(output_dir or self.args.output_dir, OBJECTIVES_WEIGHTS_NAME))
+            save_file(tensors, os.path.join(output_dir, OBJECTIVES_WEIGHTS_NAME))
+        self.task.save_extras(output_dir, self.accelerator.unwrap_model(self.model), self.objectives)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

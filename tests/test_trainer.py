@@ -268,12 +268,16 @@ def test_vocabulary_and_label_mismatches_fail_before_training(tmp_path):
 
 
 def test_unknown_task_and_wrong_arguments(tmp_path):
-    from transformers import BertConfig
+    from transformers import BertConfig, BertForTokenClassification
 
-    headless = BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                    intermediate_size=64))
+    small = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    token_classifier = BertForTokenClassification(small)  # no adapter handles token classification yet
     with pytest.raises(ValueError, match="Could not detect the task"):
-        DistillationTrainer(model=headless, teacher_model=headless, args=config(tmp_path))
+        DistillationTrainer(model=token_classifier, teacher_model=token_classifier, args=config(tmp_path))
+    headless = BertModel(small)  # a base model is an embedding model
+    args = config(tmp_path, objectives=["embedding_cosine"])
+    trainer = DistillationTrainer(model=headless, teacher_model=headless, args=args)
+    assert trainer.task.name == "embedding"
     with pytest.raises(ValueError, match="does not handle the model"):
         args = config(tmp_path, task="classification")
         DistillationTrainer(model=tiny_gpt2(1), teacher_model=tiny_gpt2(2), args=args)

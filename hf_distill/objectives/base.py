@@ -35,6 +35,10 @@ class Objective(nn.Module):
     requires: ClassVar[frozenset[str]] = frozenset({"logits"})
     uses_teacher: ClassVar[bool] = True
 
+    def setup(self, task: Any, student: nn.Module, teacher: nn.Module) -> None:
+        """Called once by the trainer with both models, before training: build what depends on their shapes
+        (e.g. a projection between widths) and check compatibility. Default: nothing."""
+
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor | dict[str, torch.Tensor]:
         raise NotImplementedError
 

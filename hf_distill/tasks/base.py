@@ -51,6 +51,13 @@ class TaskAdapter:
         """A randomly initialised model of this task from a config."""
         return self.auto_class().from_config(config)
 
+    def prepare(self, student: nn.Module, teacher: nn.Module, args: Any) -> None:
+        """Called once by the trainer with both models and the config before training (e.g. to read each model's
+        pooling). Default: nothing."""
+
+    def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:
+        """Called when the student is saved, to write task-specific files next to it. Default: nothing."""
+
     def logit_width(self, model: nn.Module) -> int | None:
         """Size of the last logits dimension (vocabulary or number of labels), or None if not applicable."""
         return None

@@ -1,0 +1,110 @@
+"""Embedding objectives: align the student's pooled embeddings with the teacher's.
+
+``embedding_mse``, ``embedding_cosine`` and ``embedding_l2`` compare embeddings row by row and can learn a linear
+projection from the student's width to the teacher's (``projection``); ``similarity_kd`` compares the in-batch
+similarity structure, so it needs no projection at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import losses
+from ..signals import Signals
+from .base import OBJECTIVES, Objective
+
+__all__ = ["EmbeddingAlignment", "EmbeddingMSE", "EmbeddingCosine", "EmbeddingL2", "SimilarityKD"]
+
+_PROJECTION_CHOICES = ("auto", True, False)
+
+
+class EmbeddingAlignment(Objective):
+    """Row-wise alignment of ``student.embeddings`` ``[B, d_s]`` with ``teacher.embeddings`` ``[B, d_t]``.
+
+    ``projection``: ``"auto"`` (default) learns ``nn.Linear(d_s, d_t)`` only when the widths differ; ``True``
+    always learns one (also for equal widths, initialised to the identity); ``False`` never (unequal widths are
+    then an error before training). The projection is trained with the student, saved with it
+    (``distill_objectives.safetensors``, and as a ``Dense`` module of the sentence-transformers export), so the
+    student's projected embeddings live in the teacher's space.
+    """
+
+    requires = frozenset({"embeddings"})
+
+    def __init__(self, projection: bool | str = "auto") -> None:
+        super().__init__()
+        if projection not in _PROJECTION_CHOICES:
+            raise ValueError(f"`projection` must be 'auto', true or false, got {projection!r}.")
+        self.projection_mode = projection
+        self.projection: nn.Linear | None = None
+
+    def setup(self, task: Any, student: nn.Module, teacher: nn.Module) -> None:
+        width = getattr(task, "embedding_width", None)
+        if width is None:
+            raise ValueError(f"Objective {self.name!r} needs embeddings; use it with `task='embedding'`.")
+        d_student, d_teacher = width(student), width(teacher)
+        if self.projection_mode is False and d_student != d_teacher:
+            raise ValueError(
+                f"Objective {self.name!r}: the student's embeddings have width {d_student} and the teacher's "
+                f"{d_teacher}, and `projection` is false. Set projection: auto to learn a projection, or use "
+                "`similarity_kd`, which needs none."
+            )
+        if self.projection_mode is True or d_student != d_teacher:
+            self.projection = nn.Linear(d_student, d_teacher)
+            if d_student == d_teacher:
+                with torch.no_grad():
+                    self.projection.weight.copy_(torch.eye(d_student))
+                    self.projection.bias.zero_()
+
+    def project(self, embeddings: torch.Tensor) -> torch.Tensor:
+        if self.projection is None:
+            return embeddings
+        return self.projection(embeddings.to(self.projection.weight.dtype))
+
+    loss: Any  # a function of `hf_distill.losses` taking (student, teacher, reduction)
+
+    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
+        keep = student.mask
+        return type(self).loss(self.project(student.embeddings[keep]), teacher.embeddings[keep], reduction="sum")
+
+
+@OBJECTIVES.register
+class EmbeddingMSE(EmbeddingAlignment):
+    """Mean squared error per element (sentence-transformers' MSELoss; `losses.embedding_mse` over the batch)."""
+
+    name = "embedding_mse"
+    loss = staticmethod(losses.embedding_mse)
+
+
+@OBJECTIVES.register
+class EmbeddingCosine(EmbeddingAlignment):
+    """``1 − cos(student_i, teacher_i)`` per row (`losses.embedding_cosine` over the batch)."""
+
+    name = "embedding_cosine"
+    loss = staticmethod(losses.embedding_cosine)
+
+
+@OBJECTIVES.register
+class EmbeddingL2(EmbeddingAlignment):
+    """Euclidean distance ``||student_i − teacher_i||₂`` per row (LEAF's alignment loss; `losses.embedding_l2`)."""
+
+    name = "embedding_l2"
+    loss = staticmethod(losses.embedding_l2)
+
+
+@OBJECTIVES.register
+class SimilarityKD(Objective):
+    """Relational KD: match the in-batch cosine-similarity matrices of student and teacher.
+
+    Per row ``i``: ``mean_j (cos(s_i, s_j) − cos(t_i, t_j))²``; widths may differ (no projection). See
+    `losses.similarity_kd`. Park et al. 2019, "Relational Knowledge Distillation", arXiv:1904.05068.
+    """
+
+    name = "similarity_kd"
+    requires = frozenset({"embeddings"})
+
+    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
+        keep = student.mask
+        return losses.similarity_kd(student.embeddings[keep], teacher.embeddings[keep], reduction="sum")

