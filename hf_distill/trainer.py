@@ -120,7 +120,7 @@ class DistillationTrainer(Trainer):
 
         self._train_parts: dict[str, torch.Tensor] = {}
         self._train_parts_since = 0
-        self._eval_sums: dict[str, list[torch.Tensor]] = defaultdict(lambda: [0, 0])
+        self._eval_sums = self._empty_eval_sums()
 
     # ---- teacher -----------------------------------------------------------------------------------------------
 
@@ -236,6 +236,11 @@ class DistillationTrainer(Trainer):
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _empty_eval_sums() -> defaultdict[str, list]:
+        """``{metric: [sum, count]}`` accumulated over one evaluation."""
+        return defaultdict(lambda: [0, 0])
+
     def _accumulate_eval(self, key: str, total: torch.Tensor, count: torch.Tensor) -> None:
         entry = self._eval_sums[key]
         entry[0] = entry[0] + total
@@ -270,7 +275,7 @@ class DistillationTrainer(Trainer):
         ``<prefix>_loss`` is set to the item-weighted mean of the distillation loss (the sum of the
         ``<prefix>_loss/<name>`` terms), consistent with the training loss.
         """
-        self._eval_sums = defaultdict(lambda: [0, 0])
+        self._eval_sums = self._empty_eval_sums()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         prefix = metric_key_prefix
         keys = sorted(self._eval_sums)
@@ -291,5 +296,5 @@ class DistillationTrainer(Trainer):
         output.metrics[f"{prefix}_loss"] = sum(loss_terms.values())
         for key, value in metrics.items():
             output.metrics[f"{prefix}_{key}"] = value
-        self._eval_sums = defaultdict(lambda: [0, 0])
+        self._eval_sums = self._empty_eval_sums()
         return output
