@@ -137,3 +137,10 @@ def test_embedding_recipe_refuses_a_teacher_finetune_stage():
 
     with pytest.raises(RecipeError, match="`teacher.finetune`: an embedding teacher has no loss"):
         load_recipe(find_recipe("quickstart"), ["teacher.finetune={max_steps: 2}"])
+
+
+def test_compiled_teacher_keeps_its_pooling(tmp_path):
+    teacher = AutoModel.from_pretrained(MINILM)
+    args = config(tmp_path, objectives=[{"name": "embedding_cosine"}], teacher_compile=True)
+    trainer = DistillationTrainer(model=make_student(teacher, num_layers=2), teacher_model=teacher, args=args)
+    assert trainer.task.pooling_of(trainer.teacher_model) == Pooling("mean", normalize=True)

@@ -343,3 +343,13 @@ def test_different_tokenizers_are_refused(tmp_path):
     same = word_tokenizer([f"t{i}" for i in range(40)])
     DistillationTrainer(model=tiny_gpt2(1, vocab=64), teacher_model=str(tmp_path / "teacher"), args=config(tmp_path),
                         processing_class=same)
+
+
+def test_teacher_compile_wraps_the_frozen_teacher(tmp_path):
+    teacher = tiny_gpt2(2, seed=2)
+    trainer = DistillationTrainer(model=tiny_gpt2(1, seed=1), teacher_model=teacher,
+                                  args=config(tmp_path, teacher_compile=True))
+    compiled = trainer.teacher_model
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and compiled._orig_mod is teacher
+    assert trainer.teacher_source.model is compiled and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())

@@ -116,7 +116,8 @@ class EmbeddingTask(TaskAdapter):
         self._pooling[id(base_model_of(model))] = pooling
 
     def pooling_of(self, model: nn.Module) -> Pooling:
-        inner = base_model_of(getattr(model, "module", model))
+        inner = getattr(model, "module", model)  # DDP
+        inner = base_model_of(getattr(inner, "_orig_mod", inner))  # torch.compile, then PEFT
         return self._pooling.get(id(inner), self.default_pooling)
 
     def logit_width(self, model: nn.Module) -> int | None:
