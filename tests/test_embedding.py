@@ -144,3 +144,20 @@ def test_compiled_teacher_keeps_its_pooling(tmp_path):
     args = config(tmp_path, objectives=[{"name": "embedding_cosine"}], teacher_compile=True)
     trainer = DistillationTrainer(model=make_student(teacher, num_layers=2), teacher_model=teacher, args=args)
     assert trainer.task.pooling_of(trainer.teacher_model) == Pooling("mean", normalize=True)
+
+
+@pytest.mark.parametrize(("config", "mode"), [
+    ({"embedding_dimension": 8, "pooling_mode": "mean"}, "mean"),  # sentence-transformers >= 6
+    ({"embedding_dimension": 8, "pooling_mode": "cls"}, "cls"),
+    ({"embedding_dimension": 8, "pooling_mode": "lasttoken"}, "last"),
+    ({"word_embedding_dimension": 8, "pooling_mode_cls_token": True}, "cls"),  # older releases
+])
+def test_both_pooling_config_formats_are_read(tmp_path, config, mode):
+    import json
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    assert Pooling.from_folder(tmp_path) == Pooling(mode=mode, normalize=False)

@@ -19,6 +19,7 @@ __all__ = ["EmbeddingTask", "Pooling", "POOLING_MODES", "pool"]
 
 POOLING_MODES = ("mean", "cls", "last")
 _BASE_MODELS = frozenset(MODEL_MAPPING_NAMES.values())
+_NAMED_POOLING = {"mean": "mean", "cls": "cls", "lasttoken": "last", "last": "last"}
 
 
 @dataclass
@@ -45,7 +46,10 @@ class Pooling:
             kind = module.get("type", "")
             if kind.endswith("Pooling"):
                 config = json.loads((Path(folder) / module["path"] / "config.json").read_text())
-                if config.get("pooling_mode_cls_token"):
+                named = _NAMED_POOLING.get(config.get("pooling_mode"))  # sentence-transformers >= 6 writes this
+                if named:
+                    mode = named
+                elif config.get("pooling_mode_cls_token"):
                     mode = "cls"
                 elif config.get("pooling_mode_lasttoken"):
                     mode = "last"
