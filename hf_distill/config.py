@@ -62,8 +62,9 @@ class DistillationConfig(TrainingArguments):
         default="auto",
         metadata={
             "help": "How batches are turned into signals: 'auto' (detected from the student's class), "
-            "'language' (causal or masked LM, per token), 'classification' (per example) or 'embedding' (pooled "
-            "sentence embeddings of a base AutoModel, per text)."
+            "'language' (causal or masked LM, per token), 'classification' (per example), 'embedding' (pooled "
+            "sentence embeddings of a base AutoModel, per text) or 'ranking' (bi- or cross-encoder scores of each "
+            "query's candidates, per query; never detected, always explicit)."
         },
     )
     teacher_dtype: str = field(
@@ -101,6 +102,39 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    ranking_similarity: str = field(
+        default="auto",
+        metadata={
+            "help": "Ranking task: how a bi-encoder scores a query against a passage, 'dot' or 'cosine' of their "
+            "pooled embeddings; 'auto' = cosine when the model's pooling normalises, else dot. Cross-encoders "
+            "score with their one logit."
+        },
+    )
+    ranking_query_max_length: int = field(
+        default=64, metadata={"help": "Ranking task: tokens per query for bi-encoders (the default collator)."}
+    )
+    ranking_max_length: int = field(
+        default=256,
+        metadata={
+            "help": "Ranking task: tokens per passage (bi-encoders) and per query+passage pair (cross-encoders)."
+        },
+    )
+    ranking_num_negatives: int | None = field(
+        default=None,
+        metadata={
+            "help": "Ranking task: use the first n negatives of each row; unset = all of them (then every row of a "
+            "batch must have the same number)."
+        },
+    )
+    teacher_scores_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Ranking task: read the teacher's scores from this dataset column (one per candidate, positive "
+            "first, as sentence-transformers' MarginMSELoss labels) instead of running a teacher; `teacher_model` "
+            "must then be None."
+        },
+    )
+
     def __post_init__(self) -> None:
         # Our fields are checked first, so a typo fails before TrainingArguments sets up devices.
         if self.objectives is None:
@@ -122,6 +156,18 @@ class DistillationConfig(TrainingArguments):
                 f"`embedding_pooling` must be one of {', '.join(pooling_choices)}, got {self.embedding_pooling!r}."
                 f"{did_you_mean(self.embedding_pooling, pooling_choices)}"
             )
+        similarity_choices = ("auto", "dot", "cosine")
+        if self.ranking_similarity not in similarity_choices:
+            raise ValueError(
+                f"`ranking_similarity` must be one of {', '.join(similarity_choices)}, got "
+                f"{self.ranking_similarity!r}.{did_you_mean(self.ranking_similarity, similarity_choices)}"
+            )
+        for name in ("ranking_query_max_length", "ranking_max_length", "ranking_num_negatives"):
+            value = getattr(self, name)
+            if value is None and name == "ranking_num_negatives":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         self.teacher_dtype = _DTYPE_ALIASES.get(self.teacher_dtype, self.teacher_dtype)
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(

@@ -14,8 +14,9 @@ Fidelity (student vs teacher, row ``i`` of both is the same text):
 
 Retrieval:
 
-* :func:`ranking_scores`: nDCG@k and recall@k from ranked document-id lists (the one place where that maths lives;
-  the ``retrieval`` evaluate module uses it too).
+* :func:`ranking_scores`: nDCG@k and recall@k from ranked document-id lists, and :func:`mean_reciprocal_rank`
+  (MRR@k); the one place where that maths lives (the ``retrieval`` and ``ranking`` evaluate modules use them too).
+* :func:`rank_candidates`: order each query's scored candidates (re-ranking), ties counted against the positive.
 * :func:`rank_documents` / :func:`retrieval_scores`: rank documents by cosine similarity and score the ranking.
 * :func:`retrieval_task`: a real query/document task cut from the bundled standard-library docstring corpus.
 
@@ -32,7 +33,9 @@ import numpy as np
 
 __all__ = [
     "mean_cosine",
+    "mean_reciprocal_rank",
     "neighbour_overlap",
+    "rank_candidates",
     "rank_documents",
     "ranking_scores",
     "retrieval_scores",
@@ -276,6 +279,42 @@ def ranking_scores(ranked: Sequence[Iterable[int]], relevant: Sequence[Iterable[
     if not ndcgs:
         raise ValueError("no query has a relevant document, so nothing can be scored")
     return {f"ndcg@{k}": float(np.mean(ndcgs)), f"recall@{k}": float(np.mean(recalls))}
+
+
+def mean_reciprocal_rank(ranked: Sequence[Iterable[int]], relevant: Sequence[Iterable[int]], k: int = 10) -> float:
+    """MRR@k of ranked document-id lists: the mean over queries of ``1 / r``, where ``r`` is the rank (from 1) of
+    the first relevant id among the top ``k``, or 0 when none is there.
+
+    Same input rules as :func:`ranking_scores`: queries with an empty relevant set are skipped, a repeated id in a
+    query's top ``k`` is a ``ValueError``.
+    """
+    k = _check_k(k)
+    ranked, relevant = list(ranked), list(relevant)
+    if len(ranked) != len(relevant):
+        raise ValueError(f"need one ranked list and one relevant set per query; got {len(ranked)} and {len(relevant)}")
+    reciprocal: list[float] = []
+    for query, (ids, wanted) in enumerate(zip(ranked, relevant, strict=True)):
+        wanted = {int(doc) for doc in wanted}
+        if not wanted:
+            continue
+        top = [int(doc) for doc in ids][:k]
+        if len(set(top)) != len(top):
+            raise ValueError(f"query {query}: a document id is repeated in its top {k}: {top}")
+        reciprocal.append(next((1.0 / rank for rank, doc in enumerate(top, 1) if doc in wanted), 0.0))
+    if not reciprocal:
+        raise ValueError("no query has a relevant document, so nothing can be scored")
+    return float(np.mean(reciprocal))
+
+
+def rank_candidates(scores: Any, positive: int = 0) -> list[list[int]]:
+    """Candidate ids of each row of ``scores`` ``[B, C]`` ordered best first, with **pessimistic ties**: the
+    ``positive`` candidate is placed after every candidate that scores the same, so a model that scores all
+    candidates equally gets no credit for the positive's position in the list. Other ties: lower id first."""
+    values = _matrix(scores, "scores")
+    is_positive = np.zeros(values.shape[1])
+    is_positive[positive] = 1.0
+    ids = np.arange(values.shape[1])
+    return [np.lexsort((ids, is_positive, -row)).tolist() for row in values]
 
 
 def retrieval_scores(query_emb: Any, doc_emb: Any, relevant: Sequence[Iterable[int]], k: int = 10) -> dict:

@@ -31,6 +31,7 @@ __all__ = [
     "jsd",
     "ce",
     "margin_mse",
+    "listwise_kl",
     "embedding_mse",
     "embedding_cosine",
     "embedding_l2",
@@ -265,6 +266,7 @@ def margin_mse(
     student_neg: torch.Tensor,
     teacher_pos: torch.Tensor,
     teacher_neg: torch.Tensor,
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """Margin-MSE for ranking distillation: the student learns the teacher's score *margin*.
 
@@ -273,6 +275,10 @@ def margin_mse(
         mean over all elements of  ((s_pos − s_neg) − (t_pos − t_neg))²
 
     ``*_pos`` has shape ``[B]``; ``*_neg`` is ``[B]`` or ``[B, n]`` (n negatives per query; pos broadcasts).
+    ``reduction="sum"`` sums the per-query means over the ``n`` negatives (``B`` × the mean), which is what the
+    trainer divides by the number of queries in the whole accumulated batch. Only margins are compared, so a
+    constant shift of either model's scores changes nothing; a different *scale* does (see the ``margin_mse``
+    objective's ``teacher_scale`` / ``standardize``).
     Paper: Hofstätter et al. 2020, "Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge
     Distillation", arXiv:2010.02666.
 
@@ -281,6 +287,7 @@ def margin_mse(
         >>> margin_mse(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([5.0]), torch.tensor([3.0])).item()
         1.0
     """
+    _check_reduction(reduction)
     if student_pos.shape != teacher_pos.shape or student_neg.shape != teacher_neg.shape:
         raise ValueError(
             "student and teacher scores must have the same shapes, got pos "
@@ -292,11 +299,43 @@ def margin_mse(
             f"`*_pos` must be [B] and `*_neg` [B] or [B, n] with the same B, got {tuple(student_pos.shape)} and "
             f"{tuple(student_neg.shape)}."
         )
-    if student_neg.dim() == 2:
-        student_pos, teacher_pos = student_pos.unsqueeze(-1), teacher_pos.unsqueeze(-1)
-    student_margin = student_pos.float() - student_neg.float()
-    teacher_margin = teacher_pos.float() - teacher_neg.float()
-    return F.mse_loss(student_margin, teacher_margin, reduction="mean")
+    if student_neg.dim() == 1:
+        student_neg, teacher_neg = student_neg.unsqueeze(-1), teacher_neg.unsqueeze(-1)
+    student_margin = student_pos.float().unsqueeze(-1) - student_neg.float()
+    teacher_margin = teacher_pos.float().unsqueeze(-1) - teacher_neg.float()
+    return _reduce((student_margin - teacher_margin).pow(2).mean(dim=-1), reduction)
+
+
+def listwise_kl(
+    student_scores: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Listwise ranking distillation: KL between the teacher's and the student's softmax over each query's
+    candidates, ``KL(p_teacher || p_student)``, at temperature T and scaled by T².
+
+    Formula, for each query ``q`` with candidate scores ``s_q`` (student) and ``t_q`` (teacher), ``[C]`` each::
+
+        p_t = softmax(t_q / T),  p_s = softmax(s_q / T)
+        T² · mean over counted queries of  Σ_c p_t[c] · (log p_t[c] − log p_s[c])
+
+    This is `kl_div` with the candidates in the place of the vocabulary. Shapes: ``[B, C]`` both (any candidate
+    order, the same for both models), ``mask`` ``[B]``. Scores are logits, so bring cosine scores to a useful
+    range first (the objective's ``student_scale`` / ``teacher_scale``). A candidate the teacher gives ``-inf``
+    (p = 0) contributes nothing. Listwise KD for rankers as in RocketQAv2 (Ren et al. 2021, arXiv:2110.07367)
+    and Hinton et al. 2015 (arXiv:1503.02531) for the T².
+
+    Example::
+
+        >>> round(listwise_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]])).item(), 4)
+        0.1308
+    """
+    if student_scores.dim() != 2:
+        raise ValueError(f"scores must be [B, C] (one row of candidate scores per query), got "
+                         f"{tuple(student_scores.shape)}.")
+    return kl_div(student_scores, teacher_scores, temperature=temperature, mask=mask, reduction=reduction)
 
 
 def _rows(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:

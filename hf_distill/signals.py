@@ -25,7 +25,9 @@ class Signals:
         hidden_states: tuple of ``[B, L, H]`` per layer (embeddings first), when requested.
         attentions: tuple of ``[B, heads, L, L]`` per layer, when requested.
         embeddings: ``[B, D]`` pooled embeddings (embedding task).
-        scores: ranking scores (ranking task).
+        scores: ``[B, C]`` ranking scores of each query's candidates, the positive first (ranking task).
+        batch_scores: ``[B, B·C]`` each query's score against every candidate of the batch, in-batch negatives
+            included (ranking task, bi-encoders only); query ``i``'s positive is column ``i·C``.
         topk_logits / topk_indices / tail_mass: a cached teacher's top-k support (teacher-signal cache).
     """
 
@@ -36,6 +38,7 @@ class Signals:
     attentions: tuple[torch.Tensor, ...] | None = None
     embeddings: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    batch_scores: torch.Tensor | None = None
     topk_logits: torch.Tensor | None = None
     topk_indices: torch.Tensor | None = None
     tail_mass: torch.Tensor | None = None

@@ -14,7 +14,7 @@ from .tasks import TaskAdapter, base_model_of
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["load_teacher", "freeze_teacher", "shared_logit_width", "LiveTeacher"]
+__all__ = ["load_teacher", "freeze_teacher", "shared_logit_width", "LiveTeacher", "NoTeacher", "ScoresColumnTeacher"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -122,3 +122,24 @@ class LiveTeacher:
         if self.logit_width is not None and signals.logits is not None:
             signals.logits = signals.logits[..., : self.logit_width]
         return signals
+
+
+class ScoresColumnTeacher:
+    """A teacher source that reads precomputed scores from the batch (``teacher_scores``, put there by the ranking
+    collator from ``teacher_scores_column``) instead of running a model. Evaluation data without the column gives
+    no teacher signals (the teacher's metrics are then not reported); training data must have it."""
+
+    def __init__(self, task: TaskAdapter) -> None:
+        self.task = task
+
+    def __call__(self, batch: dict[str, Any], requires: frozenset[str]) -> Signals | None:
+        if "teacher_scores" not in batch:
+            return None
+        return Signals(scores=batch["teacher_scores"].float(), mask=self.task.item_mask(batch))
+
+
+class NoTeacher:
+    """The teacher source of a run whose objectives need no teacher (e.g. a label-only baseline): no signals."""
+
+    def __call__(self, batch: dict[str, Any], requires: frozenset[str]) -> None:
+        return None

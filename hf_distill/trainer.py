@@ -19,10 +19,10 @@ from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 
 from .config import DistillationConfig
-from .objectives import build_objectives
+from .objectives import OBJECTIVES, build_objectives
 from .signals import Signals
 from .tasks import TaskAdapter, resolve_task
-from .teacher import LiveTeacher, freeze_teacher, load_teacher, shared_logit_width
+from .teacher import LiveTeacher, NoTeacher, ScoresColumnTeacher, freeze_teacher, load_teacher, shared_logit_width
 
 logger = logging.get_logger(__name__)
 
@@ -40,7 +40,8 @@ class DistillationTrainer(Trainer):
         model: the student (a model, or a local path / hub id loaded with the task's auto class).
         teacher_model: the teacher, as a model, a local path or a hub id. It is put in eval mode, frozen, placed
             on the training device (never wrapped in DDP, never given optimizer state) and run under
-            ``torch.no_grad()``.
+            ``torch.no_grad()``. None with `teacher_scores_column` (ranking: the teacher's scores are in the data),
+            or when no objective needs a teacher (a label-only baseline through the same machinery).
         args: a `DistillationConfig` (objectives, task, teacher options and all `TrainingArguments`).
         **kwargs: everything else `Trainer` accepts (``train_dataset``, ``eval_dataset``, ``data_collator``,
             ``processing_class``, ``compute_metrics``, ``callbacks``, ...).
@@ -75,8 +76,18 @@ class DistillationTrainer(Trainer):
             )
         if model is None:
             raise ValueError("`model` (the student) is required.")
-        if teacher_model is None:
-            raise ValueError("`teacher_model` is required: a model, a local path or a hub id.")
+        scores_column = args.teacher_scores_column
+        if teacher_model is None and scores_column is None and any(
+            OBJECTIVES.get(spec["name"]).uses_teacher for spec in args.objectives
+        ):
+            raise ValueError("`teacher_model` is required: a model, a local path or a hub id (or, for ranking, "
+                             "`teacher_scores_column` in the config naming a column of precomputed teacher scores). "
+                             "Only objectives that need no teacher (e.g. `ce`, `ranking_ce`) run without one.")
+        if teacher_model is not None and scores_column is not None:
+            raise ValueError(
+                f"Both `teacher_model` and `teacher_scores_column={scores_column!r}` are given; the teacher is "
+                "either a model or a column of precomputed scores. Pass teacher_model=None to use the column."
+            )
 
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
@@ -88,6 +99,9 @@ class DistillationTrainer(Trainer):
             model = self.task.load_model(model)
         else:
             self.task = resolve_task(args.task, model=model)
+        if scores_column is not None and not self.task.accepts_score_columns:
+            raise ValueError(f"`teacher_scores_column` is only used by `task='ranking'`; this run's task is "
+                             f"{self.task.name!r}. Unset it and pass a `teacher_model`.")
 
         self.objectives = build_objectives(args.objectives)
         self._student_requires = frozenset().union(*(o.objective.requires for o in self.objectives))
@@ -101,21 +115,37 @@ class DistillationTrainer(Trainer):
                 teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_model)
             except (OSError, ValueError):
                 teacher_tokenizer = None
-        teacher = freeze_teacher(
-            load_teacher(teacher_model, self.task, args.teacher_dtype, args.teacher_model_init_kwargs)
-        )
+        teacher = None
+        if teacher_model is not None:
+            teacher = freeze_teacher(
+                load_teacher(teacher_model, self.task, args.teacher_dtype, args.teacher_model_init_kwargs)
+            )
         self.task.prepare(model, teacher, args)
         for item in self.objectives:
             item.objective.setup(self.task, model, teacher)
         tokenizer = kwargs.get("processing_class")
-        logit_width = shared_logit_width(
-            self.task, model, teacher, getattr(tokenizer, "tokenizer", tokenizer), teacher_tokenizer
-        )
+        logit_width = None
+        if teacher is not None:
+            logit_width = shared_logit_width(
+                self.task, model, teacher, getattr(tokenizer, "tokenizer", tokenizer), teacher_tokenizer
+            )
+        if kwargs.get("data_collator") is None:
+            collator = self.task.default_collator(getattr(tokenizer, "tokenizer", tokenizer), args, model, teacher)
+            if collator is not None:
+                kwargs["data_collator"] = collator
+        columns = getattr(kwargs.get("train_dataset"), "column_names", None)
+        if scores_column is not None and isinstance(columns, list) and scores_column not in columns:
+            raise ValueError(f"`teacher_scores_column={scores_column!r}` is not a column of the training data (its "
+                             f"columns: {columns}). Name the column that holds one teacher score per candidate.")
 
         super().__init__(model=model, args=args, **kwargs)
 
-        self.teacher_model = self._prepare_teacher(teacher)
-        self.teacher_source = LiveTeacher(self.teacher_model, self.task, logit_width)
+        if teacher is None:  # precomputed scores, or a label-only run (a baseline, or fine-tuning a teacher)
+            self.teacher_model = None
+            self.teacher_source = ScoresColumnTeacher(self.task) if scores_column else NoTeacher()
+        else:
+            self.teacher_model = self._prepare_teacher(teacher)
+            self.teacher_source = LiveTeacher(self.teacher_model, self.task, logit_width)
         self.objectives.to(self.args.device)
 
         self._train_parts: dict[str, torch.Tensor] = {}
@@ -138,6 +168,18 @@ class DistillationTrainer(Trainer):
         if self.args.teacher_compile:
             teacher = torch.compile(teacher)
         return teacher
+
+    # ---- data: tasks whose collator builds batches from raw rows keep every column -------------------------------
+
+    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
+        if self.task.raw_rows:
+            return dataset
+        return super()._remove_unused_columns(dataset, description)
+
+    def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
+        if self.task.raw_rows:
+            return data_collator
+        return super()._get_collator_with_removed_columns(data_collator, description)
 
     # ---- loss ----------------------------------------------------------------------------------------------------
 
@@ -165,6 +207,11 @@ class DistillationTrainer(Trainer):
         teacher = self.teacher_source(inputs, self._teacher_requires | {"logits"}) if run_teacher else None
         terms: dict[str, torch.Tensor] = {}
         for item in self.objectives:
+            if teacher is None and item.objective.uses_teacher:
+                if model.training:
+                    raise ValueError(f"Objective {item.key!r} needs the teacher, but this batch has no teacher "
+                                     "signals (no `teacher_scores`); every training row needs its teacher scores.")
+                continue  # evaluation data without precomputed teacher scores: only the student's terms
             value = item.objective(student, teacher)
             parts = value if isinstance(value, dict) else {"": value}
             for part, tensor in parts.items():
@@ -184,7 +231,7 @@ class DistillationTrainer(Trainer):
         if model.training and num_items_in_batch is not None and self._items_are_global():
             scale = scale * self.args.world_size
         terms = {key: value * scale for key, value in terms.items()}
-        loss = sum(terms.values())
+        loss = sum(terms.values()) if terms else scale.new_zeros(())
         if model.training:
             for key, value in terms.items():
                 self._train_parts[key] = self._train_parts.get(key, 0) + value.detach()
@@ -258,7 +305,7 @@ class DistillationTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, student = self.compute_loss(model, inputs, return_outputs=True)
-        if prediction_loss_only or self.compute_metrics is None:
+        if prediction_loss_only or self.compute_metrics is None or student.logits is None:
             return loss.detach(), None, None
         return loss.detach(), student.logits.detach(), None if student.labels is None else student.labels.detach()
 

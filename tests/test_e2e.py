@@ -69,6 +69,22 @@ def test_shipped_recipe_trains_and_evaluates(tmp_path, name):
         report["student"]["metric"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_ranking_recipe_with_precomputed_teacher_scores(tmp_path):
+    """`training.teacher_scores_column`: the run reads the teacher's scores from the data; the report still has the
+    teacher's size and latency, and `hf-distill evaluate` runs the teacher live for its metrics."""
+    out = tmp_path / "out"
+    result = hf_distill("train", "ranking-margin-mse", *SHORT, "--set", f"training.output_dir={out}",
+                        "--set", "training.teacher_scores_column=teacher_scores", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["metric"] is not None and report["teacher"]["metric"] is None
+    assert "eval_mrr@10_before_training" in report["eval"]
+    again = hf_distill("evaluate", str(out), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert json.loads((out / "report.json").read_text())["teacher"]["metric"] is not None
+
+
 def test_recipes_command_lists_every_shipped_recipe_with_a_description():
     result = hf_distill("recipes")
     assert result.returncode == 0

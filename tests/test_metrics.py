@@ -39,7 +39,7 @@ def _files_under(folder: Path) -> set[Path]:
 
 
 def test_available_lists_the_shipped_modules_and_setup_ships_them():
-    assert metrics.available() == ["accuracy", "embedding_fidelity", "perplexity", "retrieval"]
+    assert metrics.available() == ["accuracy", "embedding_fidelity", "perplexity", "ranking", "retrieval"]
     assert metrics.METRICS_DIR == ROOT / "hf_distill" / "metrics"
     for name in metrics.available():
         assert (metrics.METRICS_DIR / name / f"{name}.py").is_file()
@@ -49,8 +49,8 @@ def test_available_lists_the_shipped_modules_and_setup_ships_them():
 def test_unknown_name_suggests_the_closest_and_lists_the_rest():
     with pytest.raises(ValueError, match="Did you mean 'accuracy'") as error:
         metrics.load("acuracy")
-    assert "accuracy, embedding_fidelity, perplexity, retrieval" in str(error.value)
-    available = "Available metrics: accuracy, embedding_fidelity, perplexity, retrieval"
+    assert "accuracy, embedding_fidelity, perplexity, ranking, retrieval" in str(error.value)
+    available = "Available metrics: accuracy, embedding_fidelity, perplexity, ranking, retrieval"
     with pytest.raises(ValueError, match=available) as error:
         metrics.load("bleu")
     assert "Did you mean" not in str(error.value)

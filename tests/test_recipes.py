@@ -289,7 +289,7 @@ CLI_CASES = [
     pytest.param(None, ["hub.push=true", "hub.repo_id=user/student"], "`hub.push: true`",
                  ["not supported", "set it to false"], id="hub-push"),
     pytest.param(None, ["data.train.bundled=topicz"], "`data.train.bundled`",
-                 ["must be one of corpus, topics, got 'topicz'", "Did you mean 'topics'?"], id="bundled-typo"),
+                 ["must be one of corpus, topics, ranking, got 'topicz'", "Did you mean 'topics'?"], id="bundled-typo"),
     pytest.param(None, ["foo"], "--set 'foo'", ["expected KEY.PATH=VALUE", "--set training.max_steps=10"],
                  id="set-syntax"),
     pytest.param(None, ["objectives.2.weight=1"], "--set objectives.2.weight",

@@ -25,6 +25,8 @@ __all__ = [
     "classification_dataset",
     "is_test_qualname",
     "load_corpus",
+    "RANKING_PATH",
+    "ranking_dataset",
 ]
 
 CORPUS_PATH: Path = Path(__file__).resolve().with_name("stdlib_docs.jsonl.gz")
@@ -32,6 +34,8 @@ CORPUS_PATH: Path = Path(__file__).resolve().with_name("stdlib_docs.jsonl.gz")
 # Four sizeable standard-library areas with clearly different vocabulary (event loops and coroutines,
 # e-mail messages and MIME, log handlers and records, XML documents and parsers).
 DEFAULT_CLASSIFICATION_MODULES: tuple[str, ...] = ("asyncio", "email", "logging", "xml")
+
+RANKING_PATH: Path = Path(__file__).resolve().with_name("stdlib_ranking.jsonl.gz")
 
 _SPLITS = ("train", "test")
 
@@ -169,3 +173,25 @@ def classification_dataset(
         splits[split]["text"].append(text)
         splits[split]["label"].append(label)
     return DatasetDict({split: Dataset.from_dict(columns, features=features) for split, columns in splits.items()})
+
+
+def ranking_dataset(split: str = "train") -> Dataset:
+    """The bundled ranking task (``stdlib_ranking.jsonl.gz``, built by ``python -m hf_distill.data.build_ranking``).
+
+    One row per docstring of the corpus split: ``query`` (its first sentence), ``positive`` (the rest of it),
+    ``negatives`` (other docstrings' passages) and ``qualname``. ``train`` rows (1,918) have 7 negatives mined with
+    all-MiniLM-L6-v2, hardest first, and ``teacher_scores``: that teacher's cosine scores for
+    ``[positive, *negatives]``. ``test`` rows (224) have 19 negatives mined by TF-IDF, independent of any model.
+    Train and test come from disjoint docstrings (the corpus's qualname split). See ``README.md`` in this folder.
+    """
+    from datasets import Features, Sequence, Value, load_dataset
+
+    if split not in _SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    features = Features({"split": Value("string"), "qualname": Value("string"), "query": Value("string"),
+                         "positive": Value("string"), "negatives": Sequence(Value("string")),
+                         "teacher_scores": Sequence(Value("float32"))})
+    dataset = load_dataset("json", data_files=str(RANKING_PATH), split="train", features=features)
+    dataset = dataset.filter(lambda rows: [s == split for s in rows["split"]], batched=True)
+    dataset = dataset.remove_columns("split")
+    return dataset.remove_columns("teacher_scores") if split == "test" else dataset

@@ -29,6 +29,12 @@ class TaskAdapter:
     """
 
     name: ClassVar[str] = ""
+    #: Whether batches are built from raw dataset rows by this task's collator (then no column is dropped).
+    raw_rows: ClassVar[bool] = False
+    #: Whether the teacher may be a column of precomputed scores (``teacher_scores_column``).
+    accepts_score_columns: ClassVar[bool] = False
+    #: Whether ``task="auto"`` may pick this task (False for tasks that reuse another task's models, e.g. ranking).
+    auto_detect: ClassVar[bool] = True
 
     @classmethod
     def detect(cls, model: nn.Module) -> TaskAdapter | None:
@@ -55,6 +61,10 @@ class TaskAdapter:
         """Called once by the trainer with both models and the config before training (e.g. to read each model's
         pooling). Default: nothing."""
 
+    def default_collator(self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None) -> Any:
+        """The data collator the trainer uses when none is given; None = Trainer's default."""
+        return None
+
     def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:
         """Called when the student is saved, to write task-specific files next to it. Default: nothing."""
 
@@ -72,6 +82,10 @@ class TaskAdapter:
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch entries to pass to the model's forward (labels are kept out: objectives use them)."""
         return {k: v for k, v in batch.items() if k != "labels"}
+
+    def latency_inputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """What one forward pass of ``model`` takes for this batch (timed for the report)."""
+        return self.model_inputs(batch)
 
     @staticmethod
     def output_kwargs(requires: frozenset[str]) -> dict[str, bool]:
@@ -112,6 +126,8 @@ def resolve_task(task: str, model: nn.Module | None = None, architecture: str | 
         return adapter
     for name in TASKS:
         cls = TASKS.get(name)
+        if not cls.auto_detect:
+            continue
         adapter = cls.detect(model) if model is not None else cls.from_architecture(architecture or "")
         if adapter is not None:
             return adapter

