@@ -257,13 +257,26 @@ def ranking_scores(ranked: Sequence[Iterable[int]], relevant: Sequence[Iterable[
         ``{"ndcg@<k>": float, "recall@<k>": float}``, e.g. ``{"ndcg@10": ..., "recall@10": ...}``.
     """
     k = _check_k(k)
-    ranked = list(ranked)
-    relevant = list(relevant)
-    if len(ranked) != len(relevant):
-        raise ValueError(f"need one ranked list and one relevant set per query; got {len(ranked)} and {len(relevant)}")
     discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))  # 1/log2(r+1) for r = 1..k
     ndcgs: list[float] = []
     recalls: list[float] = []
+    for top, wanted in _scored_queries(ranked, relevant, k):
+        gains = np.array([doc in wanted for doc in top], dtype=np.float64)
+        dcg = float(np.dot(gains, discounts[: gains.size]))
+        ideal = float(discounts[: min(k, len(wanted))].sum())
+        ndcgs.append(dcg / ideal)
+        recalls.append(float(gains.sum()) / len(wanted))
+    return {f"ndcg@{k}": float(np.mean(ndcgs)), f"recall@{k}": float(np.mean(recalls))}
+
+
+def _scored_queries(
+    ranked: Sequence[Iterable[int]], relevant: Sequence[Iterable[int]], k: int
+) -> list[tuple[list[int], set[int]]]:
+    """``(top k ids, relevant ids)`` of every query that has a relevant id, after the checks both metrics share."""
+    ranked, relevant = list(ranked), list(relevant)
+    if len(ranked) != len(relevant):
+        raise ValueError(f"need one ranked list and one relevant set per query; got {len(ranked)} and {len(relevant)}")
+    scored = []
     for query, (ids, wanted) in enumerate(zip(ranked, relevant, strict=True)):
         wanted = {int(doc) for doc in wanted}
         if not wanted:
@@ -271,14 +284,10 @@ def ranking_scores(ranked: Sequence[Iterable[int]], relevant: Sequence[Iterable[
         top = [int(doc) for doc in ids][:k]
         if len(set(top)) != len(top):
             raise ValueError(f"query {query}: a document id is repeated in its top {k}: {top}")
-        gains = np.array([doc in wanted for doc in top], dtype=np.float64)
-        dcg = float(np.dot(gains, discounts[: gains.size]))
-        ideal = float(discounts[: min(k, len(wanted))].sum())
-        ndcgs.append(dcg / ideal)
-        recalls.append(float(gains.sum()) / len(wanted))
-    if not ndcgs:
+        scored.append((top, wanted))
+    if not scored:
         raise ValueError("no query has a relevant document, so nothing can be scored")
-    return {f"ndcg@{k}": float(np.mean(ndcgs)), f"recall@{k}": float(np.mean(recalls))}
+    return scored
 
 
 def mean_reciprocal_rank(ranked: Sequence[Iterable[int]], relevant: Sequence[Iterable[int]], k: int = 10) -> float:
@@ -289,20 +298,8 @@ def mean_reciprocal_rank(ranked: Sequence[Iterable[int]], relevant: Sequence[Ite
     query's top ``k`` is a ``ValueError``.
     """
     k = _check_k(k)
-    ranked, relevant = list(ranked), list(relevant)
-    if len(ranked) != len(relevant):
-        raise ValueError(f"need one ranked list and one relevant set per query; got {len(ranked)} and {len(relevant)}")
-    reciprocal: list[float] = []
-    for query, (ids, wanted) in enumerate(zip(ranked, relevant, strict=True)):
-        wanted = {int(doc) for doc in wanted}
-        if not wanted:
-            continue
-        top = [int(doc) for doc in ids][:k]
-        if len(set(top)) != len(top):
-            raise ValueError(f"query {query}: a document id is repeated in its top {k}: {top}")
-        reciprocal.append(next((1.0 / rank for rank, doc in enumerate(top, 1) if doc in wanted), 0.0))
-    if not reciprocal:
-        raise ValueError("no query has a relevant document, so nothing can be scored")
+    reciprocal = [next((1.0 / rank for rank, doc in enumerate(top, 1) if doc in wanted), 0.0)
+                  for top, wanted in _scored_queries(ranked, relevant, k)]
     return float(np.mean(reciprocal))
 
 

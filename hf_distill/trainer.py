@@ -14,7 +14,7 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 
@@ -147,6 +147,8 @@ class DistillationTrainer(Trainer):
             self.teacher_model = self._prepare_teacher(teacher)
             self.teacher_source = LiveTeacher(self.teacher_model, self.task, logit_width)
         self.objectives.to(self.args.device)
+        if self._objective_parameters():
+            self.add_callback(_ZeroObjectiveGradients(self.objectives))
 
         self._train_parts: dict[str, torch.Tensor] = {}
         self._train_parts_since = 0
@@ -244,6 +246,26 @@ class DistillationTrainer(Trainer):
         return (loss, student) if return_outputs else loss
 
     # ---- optimizer and saving: trainable objective parameters (e.g. projections) ----------------------------------
+    # Trainer only looks after `model.parameters()`: it zeroes, clips (and DDP averages) those alone. The objectives'
+    # parameters get the same treatment here: averaged over processes after the last micro-batch of a step, clipped
+    # together with the student's, zeroed after each optimizer step (`_ZeroObjectiveGradients`).
+
+    def _objective_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.objectives.parameters() if p.requires_grad]
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.args.world_size > 1 and self.accelerator.sync_gradients:
+            for param in self._objective_parameters():
+                if param.grad is not None:
+                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+        return loss
+
+    def _clip_grad_norm(self, model: nn.Module) -> Any:
+        params = self._objective_parameters()
+        if not params or self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return super()._clip_grad_norm(model)
+        return self.accelerator.clip_grad_norm_([*model.parameters(), *params], self.args.max_grad_norm)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model)
@@ -345,3 +367,14 @@ class DistillationTrainer(Trainer):
             output.metrics[f"{prefix}_{key}"] = value
         self._eval_sums = self._empty_eval_sums()
         return output
+
+
+class _ZeroObjectiveGradients(TrainerCallback):
+    """Trainer zeroes only the model's gradients after an optimizer step; without this, the gradients of an
+    objective's parameters (e.g. a projection) would add up over the whole run."""
+
+    def __init__(self, objectives: nn.Module) -> None:
+        self.objectives = objectives
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.objectives.zero_grad(set_to_none=True)

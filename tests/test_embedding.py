@@ -112,6 +112,38 @@ def test_projection_trains_saves_and_reloads_to_identical_embeddings(tmp_path, t
     assert AutoModel.from_pretrained(out).config.hidden_size == 64  # a plain AutoModel too
 
 
+def test_resume_restores_the_projection_and_ends_where_an_uninterrupted_run_ends(tmp_path, tokenizer):
+    """A checkpointed run resumed half-way ends bit-identical (student *and* projection) to one run straight through.
+    It failed before the projection's gradients were zeroed after each optimizer step: Trainer zeroes only the model's."""
+    data = load_corpus("train").select(range(32)).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=24), batched=True,
+        remove_columns=["text", "module", "qualname", "kind"])
+
+    def trainer_for(out, **extra):
+        args = config(out, objectives=[{"name": "embedding_mse"}], max_steps=4, per_device_train_batch_size=8,
+                      learning_rate=1e-3, **extra)
+        return DistillationTrainer(model=tiny_bert(hidden=32, seed=1), teacher_model=tiny_bert(hidden=48, seed=2),
+                                   args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
+                                   processing_class=tokenizer)
+
+    straight = trainer_for(tmp_path / "straight")
+    straight.train()
+    first = trainer_for(tmp_path / "resumed", save_strategy="steps", save_steps=2)
+    first.train()
+    checkpoint = tmp_path / "resumed" / "out" / "checkpoint-2"
+    assert (checkpoint / "distill_objectives.safetensors").is_file()
+    resumed = trainer_for(tmp_path / "resumed", save_strategy="steps", save_steps=2)
+    initial = resumed.objectives[0].objective.projection.weight.detach().clone()
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    projections = [t.objectives[0].objective.projection for t in (straight, resumed)]
+    assert not torch.equal(projections[1].weight, initial)
+    torch.testing.assert_close(projections[1].weight, projections[0].weight, atol=0, rtol=0)
+    torch.testing.assert_close(projections[1].bias, projections[0].bias, atol=0, rtol=0)
+    for (name, value), other in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(),
+                                    strict=True):
+        torch.testing.assert_close(other, value, atol=0, rtol=0, msg=name)
+
+
 def test_width_mismatch_without_projection_fails_before_training(tmp_path, tokenizer):
     args = config(tmp_path, objectives=[{"name": "embedding_mse", "projection": False}])
     with pytest.raises(ValueError, match=r"width 64 and the teacher's 32, and `projection` is false"):
