@@ -114,7 +114,8 @@ def test_projection_trains_saves_and_reloads_to_identical_embeddings(tmp_path, t
 
 def test_resume_restores_the_projection_and_ends_where_an_uninterrupted_run_ends(tmp_path, tokenizer):
     """A checkpointed run resumed half-way ends bit-identical (student *and* projection) to one run straight through.
-    It failed before the projection's gradients were zeroed after each optimizer step: Trainer zeroes only the model's."""
+    It failed before the projection's gradients were zeroed after each optimizer step (Trainer zeroes only the
+    model's)."""
     data = load_corpus("train").select(range(32)).map(
         lambda b: tokenizer(b["text"], truncation=True, max_length=24), batched=True,
         remove_columns=["text", "module", "qualname", "kind"])
