@@ -15,6 +15,8 @@ Variants:
   margin_mse      Margin-MSE on the teacher's precomputed scores (as sentence-transformers does; --live runs
                   the teacher instead).
   margin_mse+ce   Margin-MSE plus 0.01 x the contrastive CE on the labels.
+  ranking_ce+margin_mse   the label-only loss below plus 10 x Margin-MSE.
+  ranking_ce+listwise_kl  the label-only loss plus listwise KL over all in-batch candidates (teacher live).
   ranking_ce      the labels alone: contrastive CE over the given hard negatives and the in-batch negatives
                   (sentence-transformers' MultipleNegativesRankingLoss, scale 20).
 
@@ -39,6 +41,13 @@ VARIANTS = {
     "margin_mse": [{"name": "margin_mse", "weight": 1.0}],
     "margin_mse+ce": [{"name": "margin_mse", "weight": 1.0}, {"name": "ranking_ce", "weight": 0.01}],
     "ranking_ce": [{"name": "ranking_ce", "weight": 1.0, "in_batch_negatives": True}],
+    # the label-only loss with the teacher's margins added, weighted so both gradients are of similar size
+    "ranking_ce+margin_mse": [{"name": "ranking_ce", "weight": 1.0, "in_batch_negatives": True},
+                              {"name": "margin_mse", "weight": 10.0}],
+    # ... or the teacher's whole distribution over all B*C in-batch candidates (needs the teacher live)
+    "ranking_ce+listwise_kl": [{"name": "ranking_ce", "weight": 1.0, "in_batch_negatives": True},
+                               {"name": "listwise_kl", "weight": 1.0, "student_scale": 20.0, "teacher_scale": 20.0,
+                                "in_batch_negatives": True}],
 }
 
 
@@ -47,7 +56,8 @@ def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenize
     from hf_distill import DistillationConfig, DistillationTrainer, make_student
 
     objectives = VARIANTS[variant]
-    live = args.live and variant != "ranking_ce"
+    teacher_terms = [o for o in objectives if o["name"] != "ranking_ce"]
+    live = bool(teacher_terms) and (args.live or any(o.get("in_batch_negatives") for o in teacher_terms))
     with tempfile.TemporaryDirectory() as out:
         config = DistillationConfig(
             output_dir=out, task="ranking", objectives=objectives, seed=seed, max_steps=args.steps,
@@ -127,6 +137,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--live", action="store_true", help="run the teacher live instead of its scores column")
     parser.add_argument("--teacher-steps", type=int, default=0, help="fine-tune the teacher on the labels first")
+    parser.add_argument("--teacher-cache", default=None,
+                        help="folder to keep the fine-tuned teacher and its scores in, and to reuse them from")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
 
@@ -146,10 +158,24 @@ def main() -> None:
     source = AutoModel.from_pretrained(path)  # the students are made from its layers
     teacher = AutoModel.from_pretrained(path)
     train, test = ranking_dataset("train"), ranking_dataset("test")
-    if args.teacher_steps:
+    cache = os.path.join(args.teacher_cache, f"steps-{args.teacher_steps}") if args.teacher_cache else None
+    if args.teacher_steps and cache and os.path.isdir(cache):
+        from datasets import load_from_disk
+
+        teacher = AutoModel.from_pretrained(os.path.join(cache, "teacher"))
+        train = load_from_disk(os.path.join(cache, "train"))
+        print(f"teacher fine-tuned for {args.teacher_steps} steps, and its scores, reused from {cache}")
+    elif args.teacher_steps:
         start = time.perf_counter()
         train = finetune_teacher(teacher, train, tokenizer, args)
         print(f"teacher fine-tuned on the labels for {args.teacher_steps} steps in {time.perf_counter() - start:.0f} s")
+        if cache:
+            from hf_distill.embeddings import save_sentence_transformer_files
+            from hf_distill.tasks.embedding import Pooling
+
+            teacher.save_pretrained(os.path.join(cache, "teacher"))  # pooled as the shipped model: mean, normalised
+            save_sentence_transformer_files(os.path.join(cache, "teacher"), teacher, Pooling.from_folder(path))
+            train.save_to_disk(os.path.join(cache, "train"))
     print(f"data: {len(train)} training queries x (1 positive + {args.negatives} negatives), {len(test)} test "
           f"queries x 20 candidates; {args.steps} steps of {args.batch_size} queries; student {args.layers} layers")
 

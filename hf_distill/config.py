@@ -122,8 +122,8 @@ class DistillationConfig(TrainingArguments):
     ranking_num_negatives: int | None = field(
         default=None,
         metadata={
-            "help": "Ranking task: use the first n negatives of each row; unset = all of them (then every row of a "
-            "batch must have the same number)."
+            "help": "Ranking task: train on the first n negatives of each row; unset = all of them (then every row "
+            "of a batch must have the same number). Evaluation always ranks every candidate of a row."
         },
     )
     teacher_scores_column: str | None = field(

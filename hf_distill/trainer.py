@@ -129,10 +129,13 @@ class DistillationTrainer(Trainer):
             logit_width = shared_logit_width(
                 self.task, model, teacher, getattr(tokenizer, "tokenizer", tokenizer), teacher_tokenizer
             )
+        self._eval_collator = None
         if kwargs.get("data_collator") is None:
-            collator = self.task.default_collator(getattr(tokenizer, "tokenizer", tokenizer), args, model, teacher)
+            text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+            collator = self.task.default_collator(text_tokenizer, args, model, teacher)
             if collator is not None:
                 kwargs["data_collator"] = collator
+                self._eval_collator = self.task.default_collator(text_tokenizer, args, model, teacher, training=False)
         columns = getattr(kwargs.get("train_dataset"), "column_names", None)
         if scores_column is not None and isinstance(columns, list) and scores_column not in columns:
             raise ValueError(f"`teacher_scores_column={scores_column!r}` is not a column of the training data (its "
@@ -172,6 +175,18 @@ class DistillationTrainer(Trainer):
         return teacher
 
     # ---- data: tasks whose collator builds batches from raw rows keep every column -------------------------------
+
+    def _get_dataloader(self, dataset: Any, description: str, batch_size: int, sampler_fn: Any = None,
+                        is_training: bool = False, dataloader_key: str | None = None) -> Any:
+        """Evaluation batches come from the task's evaluation collator when it has its own (ranking: every
+        candidate of a row, whatever `ranking_num_negatives` keeps for training)."""
+        if is_training or self._eval_collator is None:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        training_collator, self.data_collator = self.data_collator, self._eval_collator
+        try:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        finally:
+            self.data_collator = training_collator
 
     def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
         if self.task.raw_rows:

@@ -377,6 +377,18 @@ def test_bi_encoder_student_learns_from_a_cross_encoder_teacher(tmp_path, tokeni
     assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
 
 
+def test_evaluation_ranks_every_candidate_whatever_training_keeps(tmp_path, tokenizer, minilm):
+    test = ranking_dataset("test").select(range(4))  # 19 negatives each
+    args = config(tmp_path, task="ranking", objectives=[{"name": "margin_mse"}], ranking_num_negatives=3,
+                  per_device_eval_batch_size=4)
+    trainer = DistillationTrainer(model=_student(minilm), teacher_model=minilm, args=args, eval_dataset=test,
+                                  processing_class=tokenizer)
+    assert trainer.data_collator.num_negatives == 3
+    batch = next(iter(trainer.get_eval_dataloader()))
+    assert batch["doc_input_ids"].shape[0] == 4 * 20
+    assert trainer.data_collator.num_negatives == 3  # the training collator is back in place
+
+
 def test_label_only_baseline_needs_no_teacher(tmp_path, tokenizer, minilm, rows):
     student = _student(minilm)
     before = {k: v.clone() for k, v in student.state_dict().items()}

@@ -61,8 +61,11 @@ class TaskAdapter:
         """Called once by the trainer with both models and the config before training (e.g. to read each model's
         pooling). Default: nothing."""
 
-    def default_collator(self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None) -> Any:
-        """The data collator the trainer uses when none is given; None = Trainer's default."""
+    def default_collator(
+        self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True
+    ) -> Any:
+        """The data collator the trainer uses when none is given (``training=False``: the one for evaluation);
+        None = Trainer's default."""
         return None
 
     def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:

@@ -212,8 +212,11 @@ class RankingTask(EmbeddingTask):
     def logit_width(self, model: nn.Module) -> int | None:
         return None
 
-    def default_collator(self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None) -> Any:
-        """A `RankingCollator` building the inputs the two models need, with the config's lengths."""
+    def default_collator(
+        self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True
+    ) -> Any:
+        """A `RankingCollator` building the inputs the two models need, with the config's lengths. Only training
+        batches are cut to `ranking_num_negatives`: evaluation ranks every candidate of a row."""
         if tokenizer is None:
             raise ValueError("The ranking task tokenises rows on the fly: pass `processing_class=tokenizer` or "
                              "`data_collator=RankingCollator(tokenizer, ...)` to DistillationTrainer.")
@@ -226,7 +229,7 @@ class RankingTask(EmbeddingTask):
             tokenizer,
             query_max_length=min(args.ranking_query_max_length, limit),
             max_length=min(args.ranking_max_length, limit),
-            num_negatives=args.ranking_num_negatives,
+            num_negatives=args.ranking_num_negatives if training else None,
             teacher_scores_column=args.teacher_scores_column,
             bi_encoder=BI_ENCODER in kinds,
             cross_encoder=CROSS_ENCODER in kinds,
