@@ -241,10 +241,7 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
         teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer, **model_kwargs))
 
     finetune = recipe["teacher"].get("finetune")
-    if finetune and task_name == "ranking":
-        echo(f"Training the teacher ({teacher_spec.get('model', 'from teacher.config')}) on the training labels first")
-        _finetune_ranker(teacher, finetune, config, data["train"], tokenizer, out / "teacher")
-    elif finetune:
+    if finetune:
         echo(f"Training the teacher ({teacher_spec.get('model', 'from teacher.config')}) on the training data first")
         args = TrainingArguments(**{"output_dir": str(out / "teacher"), "report_to": "none",
                                     "save_strategy": "no", "seed": config.seed, **finetune})
@@ -288,27 +285,6 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     report = _report(trainer, teacher, task_name, metrics, data.get("eval", data["train"]), teacher_name, echo)
     echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
     return report
-
-
-def _finetune_ranker(teacher: Any, finetune: dict[str, Any], config: Any, train: Any, tokenizer: Any,
-                     out: Path) -> None:
-    """Train a ranking teacher on the labels alone (contrastive CE over its candidates, plus the in-batch negatives
-    for a bi-encoder) with the run's ranking settings, and save it (with its pooling) to ``out``."""
-    from .config import DistillationConfig
-    from .tasks import TASKS
-    from .trainer import DistillationTrainer
-
-    bi_encoder = TASKS.get("ranking")().kind_of(teacher) == "bi-encoder"
-    ranking = {k: getattr(config, k) for k in ("ranking_similarity", "ranking_query_max_length", "ranking_max_length",
-                                               "ranking_num_negatives", "embedding_pooling", "embedding_normalize")}
-    args = DistillationConfig(**{"output_dir": str(out), "report_to": "none", "save_strategy": "no",
-                                 "seed": config.seed, "use_cpu": config.use_cpu, **ranking, **finetune},
-                              task="ranking", objectives=[{"name": "ranking_ce", "in_batch_negatives": bi_encoder}])
-    trainer = DistillationTrainer(model=teacher, teacher_model=None, args=args, train_dataset=train,
-                                  processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(str(out))
-    teacher.eval()
 
 
 def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:

