@@ -52,8 +52,6 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
     columns = data.get("columns") or {}
     text_column, label_column = columns.get("text", "text"), columns.get("label", "label")
     needs_labels = task == "classification"
-    if task == "ranking":
-        text_column = "query"
     loaded: dict[str, Any] = {}
     problems: list[str] = []
     for split in ("train", "eval"):
@@ -153,6 +151,8 @@ def _label_names(dataset: Any, column: str) -> list[str]:
 def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool, recipe: Recipe) -> dict[str, Any]:
     """Classification: truncated texts with labels. Causal LM: the texts joined by EOS and cut into blocks of
     ``max_length`` tokens (labels = inputs; the model shifts them). Masked LM: truncated texts (the collator masks)."""
+    if task == "ranking":  # rows stay text: the ranking collator tokenises queries, passages and pairs per batch
+        return dict(datasets)
     columns = recipe["data"].get("columns") or {}
     text_column, label_column = columns.get("text", "text"), columns.get("label", "label")
     max_length = recipe["data"].get("max_length", 128)
@@ -173,8 +173,6 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
         keep |= {"label"}
     elif task == "language":
         keep = {"input_ids", "labels"} if causal else keep | {"special_tokens_mask"}
-    if task == "ranking":  # rows stay text: the ranking collator tokenises queries, passages and pairs per batch
-        return dict(datasets)
     out = {}
     for split, dataset in datasets.items():
         if task == "language" and causal:

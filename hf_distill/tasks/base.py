@@ -10,13 +10,19 @@ from torch import nn
 from ..registry import Registry
 from ..signals import Signals
 
-__all__ = ["TaskAdapter", "TASKS", "resolve_task", "base_model_of"]
+__all__ = ["TaskAdapter", "TASKS", "resolve_task", "base_model_of", "unwrap_model"]
 
 
 def base_model_of(model: nn.Module) -> nn.Module:
     """The model inside a PEFT wrapper (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP, then torch.compile, then PEFT wrappers: the object per-model settings are keyed by."""
+    inner = getattr(model, "module", model)
+    return base_model_of(getattr(inner, "_orig_mod", inner))
 
 
 class TaskAdapter:

@@ -13,7 +13,7 @@ from transformers import AutoModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from ..signals import Signals
-from .base import TASKS, TaskAdapter, base_model_of
+from .base import TASKS, TaskAdapter, base_model_of, unwrap_model
 
 __all__ = ["EmbeddingTask", "Pooling", "POOLING_MODES", "pool"]
 
@@ -120,9 +120,7 @@ class EmbeddingTask(TaskAdapter):
         self._pooling[id(base_model_of(model))] = pooling
 
     def pooling_of(self, model: nn.Module) -> Pooling:
-        inner = getattr(model, "module", model)  # DDP
-        inner = base_model_of(getattr(inner, "_orig_mod", inner))  # torch.compile, then PEFT
-        return self._pooling.get(id(inner), self.default_pooling)
+        return self._pooling.get(id(unwrap_model(model)), self.default_pooling)
 
     def logit_width(self, model: nn.Module) -> int | None:
         return None

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from ..signals import Signals
-from .base import TASKS, base_model_of
+from .base import TASKS, base_model_of, unwrap_model
 from .classification import ClassificationTask
 from .embedding import EmbeddingTask, Pooling, pool
 
@@ -151,10 +151,9 @@ class RankingTask(EmbeddingTask):
 
     name = "ranking"
 
-    def __init__(self, pooling: Pooling | None = None, similarity: str = "auto") -> None:
+    def __init__(self, pooling: Pooling | None = None) -> None:
         super().__init__(pooling)
-        self.similarity = similarity
-        self._similarity: dict[int, str] = {}
+        self._similarity: dict[int, str] = {}  # explicit `ranking_similarity` per model; else the `auto` rule
 
     @classmethod
     def detect(cls, model: nn.Module) -> RankingTask | None:
@@ -185,12 +184,13 @@ class RankingTask(EmbeddingTask):
 
     def kind_of(self, model: nn.Module) -> str:
         """``"cross-encoder"`` for a sequence classifier, else ``"bi-encoder"``."""
-        architecture = type(_unwrap(model)).__name__
+        architecture = type(unwrap_model(model)).__name__
         return CROSS_ENCODER if ClassificationTask.from_architecture(architecture) is not None else BI_ENCODER
 
     def similarity_of(self, model: nn.Module) -> str:
-        """``"dot"`` or ``"cosine"``, as fixed by `prepare` (before it: cosine when the pooling normalises)."""
-        return self._similarity.get(id(_unwrap(model)), "cosine" if self.pooling_of(model).normalize else "dot")
+        """``"dot"`` or ``"cosine"``: as `ranking_similarity` says, or (``auto``) cosine when the pooling
+        normalises, else dot."""
+        return self._similarity.get(id(unwrap_model(model)), "cosine" if self.pooling_of(model).normalize else "dot")
 
     def prepare(self, student: nn.Module, teacher: nn.Module | None, args: Any) -> None:
         """Check each model's kind (a cross-encoder has exactly one output), then pool bi-encoders as in the
@@ -203,11 +203,9 @@ class RankingTask(EmbeddingTask):
                     "cross-encoder ranker needs exactly one (its relevance logit). Load it with num_labels=1."
                 )
         super().prepare(student, teacher if teacher is not None else student, args)  # pooling of bi-encoders
-        for model in models:
-            similarity = args.ranking_similarity
-            if similarity == "auto":
-                similarity = "cosine" if self.pooling_of(model).normalize else "dot"
-            self._similarity[id(_unwrap(model))] = similarity
+        if args.ranking_similarity != "auto":
+            for model in models:
+                self._similarity[id(unwrap_model(model))] = args.ranking_similarity
 
     def logit_width(self, model: nn.Module) -> int | None:
         return None
@@ -292,9 +290,3 @@ class RankingTask(EmbeddingTask):
             sums[f"{prefix}mrr@10"] = (torch.tensor(mrr * len(ranked), device=items.device), items)
             sums[f"{prefix}ndcg@10"] = (torch.tensor(ndcg * len(ranked), device=items.device), items)
         return sums
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP, torch.compile and PEFT wrappers."""
-    inner = getattr(model, "module", model)
-    return base_model_of(getattr(inner, "_orig_mod", inner))
