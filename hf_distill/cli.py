@@ -1,5 +1,5 @@
-"""The ``hf-distill`` command: ``train``, ``evaluate`` and ``recipes``. Help texts come from the recipe schema and
-the ``metadata["help"]`` of `DistillationConfig`'s fields, so they are written once."""
+"""The ``hf-distill`` command: ``train``, ``cache-teacher``, ``evaluate`` and ``recipes``. Help texts come from the
+recipe schema and the ``metadata["help"]`` of `DistillationConfig`'s fields, so they are written once."""
 
 from __future__ import annotations
 
@@ -91,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", metavar="RECIPE_OR_OUTPUT_DIR",
                           help="An output directory written by `hf-distill train`, or a recipe file.")
 
+    cache = sub.add_parser(
+        "cache-teacher",
+        help="Run a recipe's teacher once over its data and store its signals (teacher.cache in the recipe).",
+        description="Run the recipe's teacher over its training (and evaluation) data once and store its signals "
+        "as a Hugging Face dataset in teacher.cache.path (docs/cache.md). `hf-distill train` with the same recipe "
+        "then trains from the cache. A complete cache with the same fingerprint is reused; an interrupted one "
+        "resumes.",
+    )
+    cache.add_argument("recipe", help="A recipe file or the name of a shipped recipe.")
+    cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="Override a recipe value (parsed as YAML), e.g. --set teacher.cache.top_k=32.")
+
     sub.add_parser("recipes", help="List the shipped recipes with a one-line description each.",
                    description="List the shipped recipes with a one-line description each.")
     return parser
@@ -114,11 +126,22 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import train_recipe
 
             train_recipe(load_recipe(find_recipe(args.recipe), args.overrides))
+        elif args.command == "cache-teacher":
+            from .pipeline import cache_recipe
+
+            cache_recipe(load_recipe(find_recipe(args.recipe), args.overrides))
         elif args.command == "evaluate":
             from .pipeline import evaluate_output_dir
 
             evaluate_output_dir(args.target)
     except RecipeError as err:
+        print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        from .cache import StaleCacheError  # imported here: `hf-distill recipes` and --help stay light
+
+        if not isinstance(err, StaleCacheError):
+            raise
         print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

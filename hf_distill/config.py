@@ -78,6 +78,17 @@ class DistillationConfig(TrainingArguments):
         default=False,
         metadata={"help": "Wrap the teacher's forward in `torch.compile` (worth it for long runs on GPU)."},
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "A teacher-signal cache folder (written by `hf-distill cache-teacher` or "
+            "`hf_distill.cache.cache_teacher`): training reads the teacher's signals from it instead of running the "
+            "teacher, and `teacher_model` may be None. A teacher given as well must be the one the cache was built "
+            "with (its weights are checked). Datasets are matched to the cached splits by content; evaluation data "
+            "that was not cached uses the live teacher when there is one, else is evaluated without teacher "
+            "signals. See docs/cache.md."
+        },
+    )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={

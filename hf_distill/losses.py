@@ -29,6 +29,10 @@ __all__ = [
     "kl_div",
     "reverse_kl",
     "jsd",
+    "topk_from_logits",
+    "topk_divergence",
+    "chunked_divergence",
+    "fused_linear_divergence",
     "ce",
     "margin_mse",
     "listwise_kl",
@@ -205,17 +209,171 @@ def jsd(
         >>> jsd(s, t).item()
         0.0
     """
-    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
-        raise ValueError(f"`beta` must be in [0, 1], got {beta!r}.")
-    if beta == 0.0:
-        return kl_div(student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction)
-    if beta == 1.0:
-        return reverse_kl(student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction)
+    _check_beta(beta)
     log_ps, log_pt = _tempered_log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    # log m = logsumexp(log β + log p_t, log(1 − β) + log p_s), computed without leaving log space.
-    log_m = torch.logsumexp(torch.stack([log_pt + math.log(beta), log_ps + math.log(1.0 - beta)]), dim=0)
-    per_row = beta * _kl_rows(log_pt, log_m) + (1.0 - beta) * _kl_rows(log_ps, log_m)
-    return _reduce(per_row, reduction) * temperature**2
+    return _reduce(_divergence_rows("jsd", log_ps, log_pt, beta), reduction) * temperature**2
+
+
+DIVERGENCES = ("kl", "reverse_kl", "jsd")
+
+
+def _check_beta(beta: float) -> None:
+    if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
+        raise ValueError(f"`beta` must be in [0, 1], got {beta!r}.")
+
+
+def _divergence_rows(divergence: str, log_ps: torch.Tensor, log_pt: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """Row-wise divergence between distributions given as log-probabilities ``[N, C]`` (C classes or buckets):
+    ``"kl"`` = KL(p_t || p_s), ``"reverse_kl"`` = KL(p_s || p_t), ``"jsd"`` = β·KL(p_t || m) + (1 − β)·KL(p_s || m)
+    with m = β·p_t + (1 − β)·p_s (β = 0 → forward KL, β = 1 → reverse KL, as in :func:`jsd`)."""
+    if divergence == "kl" or (divergence == "jsd" and beta == 0.0):
+        return _kl_rows(log_pt, log_ps)
+    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1.0):
+        return _kl_rows(log_ps, log_pt)
+    if divergence != "jsd":
+        raise ValueError(f"`divergence` must be one of {', '.join(DIVERGENCES)}, got {divergence!r}.")
+    # log m = log(β·p_t + (1 − β)·p_s), computed without leaving log space. Where both are 0 (a -inf logit in both
+    # models), m = 0 and the log-sum-exp is taken of zeros instead: its gradient at (-inf, -inf) would be NaN.
+    both_zero = torch.isneginf(log_pt) & torch.isneginf(log_ps)
+    safe_t, safe_s = (torch.where(both_zero, torch.zeros_like(x), x) for x in (log_pt, log_ps))
+    log_m = torch.logaddexp(safe_t + math.log(beta), safe_s + math.log(1.0 - beta))
+    log_m = torch.where(both_zero, torch.full_like(log_m, float("-inf")), log_m)
+    return beta * _kl_rows(log_pt, log_m) + (1.0 - beta) * _kl_rows(log_ps, log_m)
+
+
+def topk_from_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-k support of a distribution, as the teacher-signal cache stores it for each position.
+
+    Returns ``(topk_logits, topk_indices, tail_mass)``: the ``k`` largest logits ``[..., k]`` (float32, in
+    descending order), their vocabulary indices ``[..., k]`` and the probability mass outside them at T = 1,
+    ``r = 1 − Σ_{v in top-k} softmax(logits)_v`` ``[...]`` (computed as a log-sum-exp of the other logits, so it
+    is exact even when r is tiny; 0 when k = V).
+
+    Example::
+
+        >>> values, indices, tail = topk_from_logits(torch.tensor([[0.0, 2.0, 1.0]]), k=2)
+        >>> indices.tolist(), round(tail.item(), 4)  # r = e^0 / (e^0 + e^2 + e^1)
+        ([[1, 2]], 0.09)
+    """
+    vocab = logits.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+        raise ValueError(f"`k` must be an integer in [1, {vocab}] (the vocabulary size), got {k!r}.")
+    logits = logits.float()
+    values, indices = logits.topk(k, dim=-1)
+    if k == vocab:
+        return values, indices, logits.new_zeros(logits.shape[:-1])
+    others = logits.scatter(-1, indices, float("-inf"))
+    tail = torch.exp(torch.logsumexp(others, dim=-1) - torch.logsumexp(logits, dim=-1))
+    return values, indices, tail
+
+
+def _topk_bucket_log_probs(
+    student: torch.Tensor, topk_logits: torch.Tensor, topk_indices: torch.Tensor, tail_mass: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, V]`` student logits and a ``[N, k]`` teacher support → ``(log p_s, log p_t)`` over the k + 1 buckets
+    (the top-k tokens, then the tail), ``[N, k + 1]`` (``[N, k]`` when k = V), at temperature T."""
+    vocab, k = student.shape[-1], topk_indices.shape[-1]
+    scaled = student / temperature
+    log_ps_full = F.log_softmax(scaled, dim=-1)
+    log_ps = log_ps_full.gather(-1, topk_indices)
+    teacher = topk_logits.float() / temperature
+    if k == vocab:  # no tail: the support is the whole vocabulary
+        return log_ps, F.log_softmax(teacher, dim=-1)
+    # Student tail: log Σ_{v outside top-k} p_s(v), as a log-sum-exp over the other logits (stable near 0 and 1).
+    log_ps_tail = torch.logsumexp(scaled.scatter(-1, topk_indices, float("-inf")), dim=-1) - torch.logsumexp(
+        scaled, dim=-1
+    )
+    # Teacher tail: at T = 1 its mass is r. The cache does not keep the tail's logits, so they are taken as equal:
+    # z_tail = log Z − log(V − k) + log r with log Z = logsumexp(top-k logits) − log(1 − r); at temperature T the
+    # tail then weighs (V − k)·exp(z_tail / T), i.e. log (V − k) + z_tail / T before normalisation (exact at T = 1).
+    tail = tail_mass.float().clamp(0.0, 1.0)
+    log_z = torch.logsumexp(topk_logits.float(), dim=-1) - torch.log1p(-tail.clamp(max=1.0 - 1e-7))
+    log_m = math.log(vocab - k)
+    z_tail = log_z - log_m + torch.log(tail)
+    teacher_tail = log_m + z_tail / temperature
+    log_pt = F.log_softmax(torch.cat([teacher, teacher_tail.unsqueeze(-1)], dim=-1), dim=-1)
+    return torch.cat([log_ps, log_ps_tail.unsqueeze(-1)], dim=-1), log_pt
+
+
+def topk_divergence(
+    student_logits: torch.Tensor,
+    teacher_topk_logits: torch.Tensor,
+    teacher_topk_indices: torch.Tensor,
+    teacher_tail_mass: torch.Tensor,
+    divergence: str = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """A divergence between the student and a teacher known only by its top-k support (a cached teacher).
+
+    The teacher's distribution is known exactly on its top-k tokens ``K``; the rest of the vocabulary is one
+    *tail bucket* holding the remaining mass ``r = 1 − Σ_{v in K} p_t(v)``. Both distributions are compared on
+    the k + 1 buckets ``K ∪ {tail}``::
+
+        p_t(v) for v in K,  p_t(tail) = r            (teacher, from the cache)
+        p_s(v) for v in K,  p_s(tail) = Σ_{v not in K} p_s(v)   (student, from its full softmax)
+
+    and ``divergence`` is applied to those bucket distributions exactly as the dense functions apply it to the
+    full ones: ``"kl"`` = T² · Σ_b p_t(b) (log p_t(b) − log p_s(b)) = KL(p_t || p_s) (:func:`kl_div`),
+    ``"reverse_kl"`` = KL(p_s || p_t) (:func:`reverse_kl`), ``"jsd"`` with teacher share ``beta`` (:func:`jsd`);
+    mean (or sum) over counted positions.
+
+    Accuracy: with k = V this *is* the dense divergence. At T = 1 it is a lower bound of the dense divergence
+    (merging tokens into one bucket can only lose information), and for the forward KL the gap is exactly
+    ``r · KL(p_t(·|tail) || p_s(·|tail))``: the teacher's tail mass times how differently the two models spread
+    mass inside the tail — small when k covers most of the teacher's mass. At T ≠ 1 the tail's tempered mass is
+    not in the cache; it is computed as if the teacher's tail logits were all equal (their T = 1 mass is r), which
+    is exact at T = 1 and an approximation otherwise. The top-k support follows "Sparse Logit Sampling:
+    Accelerating Knowledge Distillation in LLMs" (Anshumann et al. 2025, arXiv:2503.16870), which shows that
+    plain top-k renormalised without the tail bucket is biased.
+
+    Args:
+        student_logits: ``[..., V]``.
+        teacher_topk_logits: ``[..., k]`` the teacher's k largest logits at T = 1 (any order).
+        teacher_topk_indices: ``[..., k]`` their vocabulary indices (distinct per position).
+        teacher_tail_mass: ``[...]`` the teacher's probability mass outside its top-k at T = 1.
+        divergence: ``"kl"``, ``"reverse_kl"`` or ``"jsd"``.
+        beta: the teacher's share of the JSD mixture (``"jsd"`` only).
+        temperature, mask, reduction: as in :func:`kl_div`.
+
+    Example::
+
+        >>> logits = torch.tensor([[0.0, 2.0, 1.0]])
+        >>> support = topk_from_logits(logits, k=2)
+        >>> topk_divergence(logits, *support).item()  # the student is the teacher: 0
+        0.0
+    """
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    _check_beta(beta)
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"`divergence` must be one of {', '.join(DIVERGENCES)}, got {divergence!r}.")
+    lead = student_logits.shape[:-1]
+    if teacher_topk_logits.shape != teacher_topk_indices.shape or teacher_topk_logits.shape[:-1] != lead:
+        raise ValueError(
+            f"`teacher_topk_logits` and `teacher_topk_indices` must both be {(*lead, 'k')} for student logits "
+            f"{tuple(student_logits.shape)}, got {tuple(teacher_topk_logits.shape)} and "
+            f"{tuple(teacher_topk_indices.shape)}."
+        )
+    if teacher_tail_mass.shape != lead:
+        raise ValueError(f"`teacher_tail_mass` must have shape {tuple(lead)}, got {tuple(teacher_tail_mass.shape)}.")
+    k, vocab = teacher_topk_indices.shape[-1], student_logits.shape[-1]
+    if k > vocab:
+        raise ValueError(f"The teacher's support has k={k} entries but the student's vocabulary only {vocab}.")
+    student = student_logits.reshape(-1, vocab)
+    values, indices, tail = teacher_topk_logits.reshape(-1, k), teacher_topk_indices.reshape(-1, k), teacher_tail_mass
+    tail = tail.reshape(-1)
+    if mask is not None:
+        if mask.shape != lead:
+            raise ValueError(f"`mask` must have shape {tuple(lead)} (the logits without the class dimension), got "
+                             f"{tuple(mask.shape)}.")
+        keep = mask.reshape(-1).to(torch.bool)
+        student, values, indices, tail = student[keep], values[keep], indices[keep], tail[keep]
+    log_ps, log_pt = _topk_bucket_log_probs(student.float(), values, indices.long(), tail, temperature)
+    return _reduce(_divergence_rows(divergence, log_ps, log_pt, beta), reduction) * temperature**2
 
 
 def ce(
@@ -410,3 +568,13 @@ def similarity_kd(student: torch.Tensor, teacher: torch.Tensor, reduction: Reduc
     s = F.normalize(student.float(), dim=-1)
     t = F.normalize(teacher.float(), dim=-1)
     return _rows((s @ s.T - t @ t.T).pow(2).mean(dim=-1), reduction)
+
+
+def __getattr__(name: str) -> object:
+    """`chunked_divergence` and `fused_linear_divergence` (module `chunked_losses`, which builds on this one):
+    memory-efficient variants of the divergences above, chunked over positions, optionally fused with the LM head."""
+    if name in ("chunked_divergence", "fused_linear_divergence"):
+        from . import chunked_losses
+
+        return getattr(chunked_losses, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

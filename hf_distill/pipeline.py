@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from .recipes import Recipe, RecipeError, build_config, resolve_model_reference
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["load_data", "check_output_dir", "train_recipe", "evaluate_output_dir", "RECIPE_FILE"]
+__all__ = ["load_data", "check_output_dir", "train_recipe", "cache_recipe", "evaluate_output_dir", "RECIPE_FILE"]
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -197,22 +198,34 @@ def _collator(task: str, causal: bool, tokenizer: Any) -> Any:
     return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
 
 
-def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
-    """Run a validated recipe end to end; returns the report (also written to the output directory)."""
+@dataclass
+class _Run:
+    """What a recipe loads before the student exists: config, tokenizer, data, task adapter and teacher."""
+
+    task_name: str
+    config: Any
+    tokenizer: Any
+    adapter: Any
+    data: dict[str, Any]
+    raw: dict[str, Any]
+    collator: Any
+    model_kwargs: dict[str, Any]
+    teacher: Any
+
+
+def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
+    """Steps shared by `train` and `cache-teacher`: everything checkable without a model first (for training, the
+    output directory too), then tokenizer, data and teacher (fine-tuned first, for training, if the recipe says so)."""
     import torch
     from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments
 
-    from .students import make_student
-    from .trainer import DistillationTrainer
-
-    # 1. Everything checkable without a model.
     task_name = _resolve_task(recipe)
     raw = load_data(recipe, task_name)
-    check_output_dir(recipe)
+    if training:
+        check_output_dir(recipe)
     config = build_config(recipe, task=task_name)
     out = recipe.output_dir
 
-    # 2. Tokenizer and teacher.
     teacher_spec = recipe["teacher"]
     teacher_ref = resolve_model_reference(teacher_spec["model"], recipe) if "model" in teacher_spec else None
     tokenizer_ref = resolve_model_reference(recipe["tokenizer"], recipe) if recipe["tokenizer"] else teacher_ref
@@ -238,26 +251,72 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     else:
         teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer, **model_kwargs))
 
-    finetune = recipe["teacher"].get("finetune")
-    if finetune:
+    if training and teacher_spec.get("finetune"):
         echo(f"Training the teacher ({teacher_spec.get('model', 'from teacher.config')}) on the training data first")
         args = TrainingArguments(**{"output_dir": str(out / "teacher"), "report_to": "none",
-                                    "save_strategy": "no", "seed": config.seed, **finetune})
+                                    "save_strategy": "no", "seed": config.seed, **teacher_spec["finetune"]})
         Trainer(model=teacher, args=args, train_dataset=data["train"], data_collator=collator).train()
         teacher.save_pretrained(out / "teacher")
         tokenizer.save_pretrained(out / "teacher")
+    return _Run(task_name, config, tokenizer, adapter, data, raw, collator, model_kwargs, teacher)
+
+
+def _build_cache(recipe: Recipe, run: _Run, echo: Any) -> str:
+    """Build (or reuse, when its fingerprint matches) the teacher cache the recipe names; returns its path."""
+    from .cache import cache_teacher
+
+    spec = recipe["teacher"]["cache"]
+    echo(f"Teacher cache: {spec['path']}")
+    cache = cache_teacher(
+        run.teacher, run.data["train"], spec["path"], eval_dataset=run.data.get("eval"), args=run.config,
+        task=run.task_name, tokenizer=run.tokenizer, data_collator=run.collator, top_k=spec.get("top_k"),
+        dtype=spec.get("dtype", "float32"), hidden_layers=spec.get("hidden_layers"),
+        batch_size=spec.get("batch_size", 32), overwrite=spec.get("overwrite", False),
+        progress=not run.config.disable_tqdm,
+    )
+    rows = ", ".join(f"{k}: {v['rows']} rows" for k, v in cache.metadata["splits"].items())
+    how = f"built in {cache.metadata['seconds']:.1f} s" if cache.built_now else "reused: its fingerprint matches"
+    echo(f"Teacher cache ready ({rows}; {how}) in {cache.path}")
+    return str(cache.path)
+
+
+def cache_recipe(recipe: Recipe, echo: Any = print) -> str:
+    """``hf-distill cache-teacher``: run the recipe's teacher over its data once and store its signals."""
+    cache = recipe["teacher"].get("cache")
+    if not cache:
+        raise RecipeError(["`teacher.cache` is missing: say where to write the cache, e.g. --set "
+                           "teacher.cache.path=caches/my-teacher (and optionally top_k, dtype)."])
+    if recipe["teacher"].get("finetune"):
+        raise RecipeError(["`teacher.finetune`: this recipe fine-tunes its teacher, which `hf-distill train` does "
+                           "before caching (with `teacher.cache` set it builds the cache itself). Run `hf-distill "
+                           "train`, or point teacher.model at the fine-tuned folder and drop finetune."])
+    run = _load_run(recipe, echo, training=False)
+    return _build_cache(recipe, run, echo)
+
+
+def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
+    """Run a validated recipe end to end; returns the report (also written to the output directory)."""
+    from .students import make_student
+    from .trainer import DistillationTrainer
+
+    run = _load_run(recipe, echo)
+    config, adapter, data, teacher, out = run.config, run.adapter, run.data, run.teacher, recipe.output_dir
+    task_name, tokenizer, collator = run.task_name, run.tokenizer, run.collator
+    if recipe["teacher"].get("cache"):
+        config.teacher_cache = _build_cache(recipe, run, echo)
 
     # 3. Student.
     spec = recipe["student"]
     if "from_teacher" in spec:
         student = make_student(teacher, **spec["from_teacher"])
     elif "model" in spec:
-        student = adapter.load_model(resolve_model_reference(spec["model"], recipe), **model_kwargs)
+        student = adapter.load_model(resolve_model_reference(spec["model"], recipe), **run.model_kwargs)
     else:
-        student = adapter.model_from_config(_config_from_spec(spec["config"], tokenizer, **model_kwargs))
+        student = adapter.model_from_config(_config_from_spec(spec["config"], tokenizer, **run.model_kwargs))
 
     # 4. Distillation.
     # With `teacher_scores_column` the teacher's scores come from the data; the model is still the report's teacher.
+    # With a cache, the teacher is still given: the cache is checked against it, and uncached evaluation uses it.
     trainer = DistillationTrainer(
         model=student, teacher_model=None if config.teacher_scores_column else teacher, args=config,
         train_dataset=data["train"], eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer,
@@ -279,6 +338,7 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     (out / RECIPE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     # 5. Report.
+    teacher_spec = recipe["teacher"]
     teacher_name = str(teacher_spec.get("model") or f"{out / 'teacher'} (trained from teacher.config)")
     report = _report(trainer, teacher, task_name, metrics, data.get("eval", data["train"]), teacher_name, echo)
     echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")

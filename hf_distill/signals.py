@@ -6,7 +6,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-__all__ = ["Signals", "SIGNAL_NAMES"]
+from . import losses
+
+__all__ = ["Signals", "SIGNAL_NAMES", "logit_divergence"]
 
 
 @dataclass
@@ -28,7 +30,9 @@ class Signals:
         scores: ``[B, C]`` ranking scores of each query's candidates, the positive first (ranking task).
         batch_scores: ``[B, B·C]`` each query's score against every candidate of the batch, in-batch negatives
             included (ranking task, bi-encoders only); query ``i``'s positive is column ``i·C``.
-        topk_logits / topk_indices / tail_mass: a cached teacher's top-k support (teacher-signal cache).
+        topk_logits / topk_indices / tail_mass: a cached teacher's top-k support (teacher-signal cache): ``[..., k]``
+            logits at T = 1 and their vocabulary indices, and ``[...]`` the probability mass outside them, in
+            place of ``logits`` (see `losses.topk_divergence`).
     """
 
     logits: torch.Tensor | None = None
@@ -49,5 +53,49 @@ class Signals:
             raise ValueError("These signals carry no `mask`, so their number of items is unknown.")
         return int(self.mask.sum())
 
+    def has_distribution(self) -> bool:
+        """Whether these signals describe a distribution over classes/tokens: full logits or a top-k support."""
+        return self.logits is not None or self.topk_indices is not None
+
+    def top1(self) -> torch.Tensor:
+        """``[...]`` the most likely class/token at each position (from the logits, or the top-k support)."""
+        if self.logits is not None:
+            return self.logits.argmax(-1)
+        if self.topk_indices is None:
+            raise ValueError("These signals carry neither `logits` nor a top-k support.")
+        return self.topk_indices.gather(-1, self.topk_logits.argmax(-1, keepdim=True)).squeeze(-1)
+
 
 SIGNAL_NAMES: frozenset[str] = frozenset(f.name for f in fields(Signals))
+
+
+def logit_divergence(
+    student: Signals,
+    teacher: Signals,
+    divergence: str = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: losses.Reduction = "sum",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """``divergence`` ("kl", "reverse_kl" or "jsd") between the student's logits and the teacher's distribution,
+    whichever form the teacher's signals take: full logits (a live teacher or a full-logit cache, the dense
+    `losses.kl_div` / `reverse_kl` / `jsd`, or `losses.chunked_divergence` with ``chunk_size``) or a top-k support
+    (a top-k cache, `losses.topk_divergence`)."""
+    if teacher.logits is not None and chunk_size is not None:
+        return losses.chunked_divergence(student.logits, teacher.logits, divergence, beta=beta,
+                                         temperature=temperature, mask=mask, reduction=reduction,
+                                         chunk_size=chunk_size)
+    if teacher.logits is not None:
+        if divergence == "jsd":
+            return losses.jsd(student.logits, teacher.logits, beta=beta, temperature=temperature, mask=mask,
+                              reduction=reduction)
+        dense = {"kl": losses.kl_div, "reverse_kl": losses.reverse_kl}[divergence]
+        return dense(student.logits, teacher.logits, temperature=temperature, mask=mask, reduction=reduction)
+    if teacher.topk_indices is None:
+        raise ValueError("The teacher's signals carry neither `logits` nor a top-k support (`topk_indices`); a "
+                         "logit objective needs one of them.")
+    return losses.topk_divergence(student.logits, teacher.topk_logits, teacher.topk_indices, teacher.tail_mass,
+                                  divergence=divergence, beta=beta, temperature=temperature, mask=mask,
+                                  reduction=reduction)

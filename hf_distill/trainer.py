@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, Tr
 from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 
+from .cache import ROW_COLUMN, CachedTeacher, RowIdCollator, StaleCacheError, TeacherCache
 from .config import DistillationConfig
 from .objectives import OBJECTIVES, build_objectives
 from .signals import Signals
@@ -40,8 +41,9 @@ class DistillationTrainer(Trainer):
         model: the student (a model, or a local path / hub id loaded with the task's auto class).
         teacher_model: the teacher, as a model, a local path or a hub id. It is put in eval mode, frozen, placed
             on the training device (never wrapped in DDP, never given optimizer state) and run under
-            ``torch.no_grad()``. None with `teacher_scores_column` (ranking: the teacher's scores are in the data),
-            or when no objective needs a teacher (a label-only baseline through the same machinery).
+            ``torch.no_grad()``. None with `teacher_cache` (the teacher's signals were cached) or
+            `teacher_scores_column` (ranking: the teacher's scores are in the data), or when no objective needs a
+            teacher (a label-only baseline through the same machinery).
         args: a `DistillationConfig` (objectives, task, teacher options and all `TrainingArguments`).
         **kwargs: everything else `Trainer` accepts (``train_dataset``, ``eval_dataset``, ``data_collator``,
             ``processing_class``, ``compute_metrics``, ``callbacks``, ...).
@@ -77,12 +79,16 @@ class DistillationTrainer(Trainer):
         if model is None:
             raise ValueError("`model` (the student) is required.")
         scores_column = args.teacher_scores_column
-        if teacher_model is None and scores_column is None and any(
+        if teacher_model is None and scores_column is None and args.teacher_cache is None and any(
             OBJECTIVES.get(spec["name"]).uses_teacher for spec in args.objectives
         ):
-            raise ValueError("`teacher_model` is required: a model, a local path or a hub id (or, for ranking, "
-                             "`teacher_scores_column` in the config naming a column of precomputed teacher scores). "
+            raise ValueError("`teacher_model` is required: a model, a local path or a hub id (or `teacher_cache` in "
+                             "the config, a folder of cached teacher signals; or, for ranking, "
+                             "`teacher_scores_column` naming a column of precomputed teacher scores). "
                              "Only objectives that need no teacher (e.g. `ce`, `ranking_ce`) run without one.")
+        if args.teacher_cache is not None and scores_column is not None:
+            raise ValueError("Both `teacher_cache` and `teacher_scores_column` are set; the teacher's scores come from "
+                             "one of them. Unset one.")
         if teacher_model is not None and scores_column is not None:
             raise ValueError(
                 f"Both `teacher_model` and `teacher_scores_column={scores_column!r}` are given; the teacher is "
@@ -108,6 +114,8 @@ class DistillationTrainer(Trainer):
         teacher_objectives = [o.objective for o in self.objectives if o.objective.uses_teacher]
         self._teacher_requires = frozenset().union(*(o.requires for o in teacher_objectives))
         self._uses_teacher = bool(teacher_objectives)
+        cache = self._open_cache(args.teacher_cache) if args.teacher_cache is not None else None
+        self.teacher_cache = cache
 
         teacher_tokenizer = None
         if isinstance(teacher_model, str):
@@ -120,6 +128,10 @@ class DistillationTrainer(Trainer):
             teacher = freeze_teacher(
                 load_teacher(teacher_model, self.task, args.teacher_dtype, args.teacher_model_init_kwargs)
             )
+            if cache is not None:
+                cache.check_teacher(teacher)
+        if cache is not None and teacher is None:
+            self.task.teacher_widths = dict(cache.metadata.get("widths", {}))
         self.task.prepare(model, teacher, args)
         for item in self.objectives:
             item.objective.setup(self.task, model, teacher)
@@ -129,6 +141,8 @@ class DistillationTrainer(Trainer):
             logit_width = shared_logit_width(
                 self.task, model, teacher, getattr(tokenizer, "tokenizer", tokenizer), teacher_tokenizer
             )
+        elif cache is not None:
+            logit_width = self._cached_logit_width(cache, model)
         self._eval_collator = None
         if kwargs.get("data_collator") is None:
             text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
@@ -136,6 +150,8 @@ class DistillationTrainer(Trainer):
             if collator is not None:
                 kwargs["data_collator"] = collator
                 self._eval_collator = self.task.default_collator(text_tokenizer, args, model, teacher, training=False)
+        if cache is not None:
+            self._attach_cache_rows(cache, kwargs, tokenizer, live_teacher=teacher is not None)
         columns = getattr(kwargs.get("train_dataset"), "column_names", None)
         if scores_column is not None and isinstance(columns, list) and scores_column not in columns:
             raise ValueError(f"`teacher_scores_column={scores_column!r}` is not a column of the training data (its "
@@ -149,6 +165,9 @@ class DistillationTrainer(Trainer):
         else:
             self.teacher_model = self._prepare_teacher(teacher)
             self.teacher_source = LiveTeacher(self.teacher_model, self.task, logit_width)
+        if cache is not None:  # cached rows come from the cache; others from the live teacher, if any
+            fallback = self.teacher_source if teacher is not None else None
+            self.teacher_source = CachedTeacher(cache, self.task, fallback, logit_width)
         self.objectives.to(self.args.device)
         if self._objective_parameters():
             self.add_callback(_ZeroObjectiveGradients(self.objectives))
@@ -173,6 +192,81 @@ class DistillationTrainer(Trainer):
         if self.args.teacher_compile:
             teacher = torch.compile(teacher)
         return teacher
+
+    # ---- teacher-signal cache ------------------------------------------------------------------------------------
+
+    def _open_cache(self, path: str) -> TeacherCache:
+        """Open the cache and check, before any model is loaded, that it suits this run's task and objectives."""
+        cache = TeacherCache(path)
+        if cache.task != self.task.name:
+            raise ValueError(f"`teacher_cache`: {path!r} holds a {cache.task!r} teacher's signals but this run's task "
+                             f"is {self.task.name!r}. Use a cache built for this task.")
+        missing = self._teacher_requires - cache.provides() - {"labels", "mask"}
+        if missing:
+            raise ValueError(
+                f"`teacher_cache`: the objectives need the teacher's {sorted(missing)} but {path!r} holds "
+                f"{sorted(cache.provides())}. Rebuild the cache with them (hidden states: `hidden_layers`), or use a "
+                "live teacher." + (" In-batch negatives (`batch_scores`) need a live bi-encoder teacher."
+                                   if "batch_scores" in missing else "")
+            )
+        return cache
+
+    def _cached_logit_width(self, cache: TeacherCache, student: nn.Module) -> int | None:
+        """As `shared_logit_width` for a cached teacher: its logits must match the student's (or be a padded
+        vocabulary, for full logits)."""
+        teacher_width = cache.metadata.get("widths", {}).get("vocab")
+        student_width = self.task.logit_width(student)
+        if teacher_width is None or student_width is None or teacher_width == student_width:
+            return None
+        if teacher_width > student_width and self.task.allows_padded_teacher and cache.top_k is None:
+            logger.warning(f"The cached teacher's vocabulary ({teacher_width}) is padded beyond the student's "
+                           f"({student_width}); logits are compared on the shared range.")
+            return student_width
+        raise ValueError(f"`teacher_cache`: the cached teacher has {teacher_width} outputs but the student has "
+                         f"{student_width}; they must match (a top-k cache cannot be cut to a smaller vocabulary). "
+                         "Use a student with the teacher's vocabulary / labels.")
+
+    def _attach_cache_rows(self, cache: TeacherCache, kwargs: dict[str, Any], tokenizer: Any, live_teacher: bool
+                           ) -> None:
+        """Number the rows of the datasets the cache holds (`ROW_COLUMN`) and wrap the collators so the row numbers
+        reach the teacher source. The training data must be cached; evaluation data may not be."""
+        train = kwargs.get("train_dataset")
+        if train is not None:
+            split = cache.split_of(train)
+            if split is None:
+                cached = ", ".join(f"{k} ({v['rows']} rows)" for k, v in cache.metadata["splits"].items())
+                raise StaleCacheError(
+                    f"`teacher_cache`: the training data does not match any split cached in {str(cache.path)!r} "
+                    f"(cached: {cached}; "
+                    f"this data: {len(train)} rows). The cache is stale: rebuild it with this data (same rows, "
+                    "order, columns and tokenisation)."
+                )
+            kwargs["train_dataset"] = train.add_column(ROW_COLUMN, cache.row_codes(split, len(train)))
+        evals = kwargs.get("eval_dataset")
+        named = evals if isinstance(evals, dict) else {None: evals}
+        for name, dataset in list(named.items()):
+            split = cache.split_of(dataset) if dataset is not None else None
+            if split is not None:
+                named[name] = dataset.add_column(ROW_COLUMN, cache.row_codes(split, len(dataset)))
+            elif dataset is not None and not live_teacher:
+                logger.warning("The evaluation data is not in the teacher cache and no teacher model is given: it "
+                               "is evaluated without teacher signals (no distillation loss or fidelity metrics).")
+        kwargs["eval_dataset"] = named if isinstance(evals, dict) else named[None]
+        collator = kwargs.get("data_collator")
+        if collator is None:
+            from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, default_data_collator
+
+            text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+            is_tokenizer = isinstance(text_tokenizer, PreTrainedTokenizerBase)
+            collator = DataCollatorWithPadding(text_tokenizer) if is_tokenizer else default_data_collator
+        kwargs["data_collator"] = RowIdCollator(collator)
+        if self._eval_collator is not None:
+            self._eval_collator = RowIdCollator(self._eval_collator)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.teacher_cache is not None and ROW_COLUMN not in self._signature_columns:
+            self._signature_columns.append(ROW_COLUMN)
 
     # ---- data: tasks whose collator builds batches from raw rows keep every column -------------------------------
 
@@ -218,7 +312,8 @@ class DistillationTrainer(Trainer):
         self, model: nn.Module, inputs: dict[str, Any]
     ) -> tuple[dict[str, torch.Tensor], Signals, Signals | None]:
         """Run student and teacher on ``inputs`` and return each weighted objective's **sum** over items."""
-        student = self.task.run(model, inputs, self._student_requires)
+        student_inputs = {k: v for k, v in inputs.items() if k != ROW_COLUMN}  # cache row numbers are the teacher's
+        student = self.task.run(model, student_inputs, self._student_requires)
         # In evaluation the teacher always runs, so that fidelity metrics exist even for a CE-only baseline.
         run_teacher = self._uses_teacher or not model.training
         teacher = self.teacher_source(inputs, self._teacher_requires | {"logits"}) if run_teacher else None
@@ -227,8 +322,9 @@ class DistillationTrainer(Trainer):
             if teacher is None and item.objective.uses_teacher:
                 if model.training:
                     raise ValueError(f"Objective {item.key!r} needs the teacher, but this batch has no teacher "
-                                     "signals (no `teacher_scores`); every training row needs its teacher scores.")
-                continue  # evaluation data without precomputed teacher scores: only the student's terms
+                                     "signals (no `teacher_scores`, or rows that are not in the teacher cache); every "
+                                     "training row needs its teacher's signals.")
+                continue  # evaluation data without precomputed/cached teacher signals: only the student's terms
             value = item.objective(student, teacher)
             parts = value if isinstance(value, dict) else {"": value}
             for part, tensor in parts.items():

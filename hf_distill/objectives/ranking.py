@@ -48,7 +48,7 @@ class _RankingObjective(Objective):
         for role, model in models.items():
             if model is None:
                 raise ValueError(f"Objective {self.name!r}: `in_batch_negatives` needs a live bi-encoder teacher; "
-                                 "precomputed scores only cover each row's own candidates. Set it to false.")
+                                 "precomputed or cached scores only cover each row's own candidates. Set it to false.")
             if kind_of(model) != "bi-encoder":
                 raise ValueError(
                     f"Objective {self.name!r}: `in_batch_negatives` needs bi-encoders (one embedding per text, so "

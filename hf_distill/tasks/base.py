@@ -85,6 +85,22 @@ class TaskAdapter:
     #: (a vocabulary padded for efficiency). Only sensible for token vocabularies.
     allows_padded_teacher: ClassVar[bool] = False
 
+    #: The `Signals` field the teacher-signal cache stores for this task (None: its teacher cannot be cached).
+    cached_signal: ClassVar[str | None] = None
+    #: The widths of a cached teacher's signals (``{"embeddings": 384, ...}``), set by the trainer when it trains
+    #: from a cache without the teacher model, for objectives that size themselves by the teacher.
+    teacher_widths: dict[str, int] = {}  # replaced per instance, never mutated
+
+    def cache_settings(self, teacher: nn.Module) -> dict[str, Any]:
+        """What decides the teacher's signals besides its weights and the data (part of a cache's fingerprint,
+        e.g. the pooling of an embedding teacher)."""
+        return {"task": self.name}
+
+    def fit_cached(self, signals: Signals, batch: dict[str, Any]) -> Signals:
+        """Cached teacher signals adjusted to this batch (e.g. a ranker's scores cut to the batch's candidates).
+        Default: as they are."""
+        return signals
+
     def item_mask(self, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 

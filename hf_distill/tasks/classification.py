@@ -9,8 +9,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-from .. import losses
-from ..signals import Signals
+from ..signals import Signals, logit_divergence
 from .base import TASKS, TaskAdapter, base_model_of
 
 __all__ = ["ClassificationTask"]
@@ -40,6 +39,8 @@ class ClassificationTask(TaskAdapter):
     def auto_class(self) -> Any:
         return AutoModelForSequenceClassification
 
+    cached_signal = "logits"
+
     def logit_width(self, model: nn.Module) -> int | None:
         config = getattr(model, "config", None)
         return getattr(config, "num_labels", None)
@@ -66,8 +67,8 @@ class ClassificationTask(TaskAdapter):
         if student.labels is not None:
             sums["accuracy"] = ((prediction == student.labels).sum(), items)
             if teacher is not None:
-                sums["teacher_accuracy"] = ((teacher.logits.argmax(-1) == student.labels).sum(), items)
+                sums["teacher_accuracy"] = ((teacher.top1() == student.labels).sum(), items)
         if teacher is not None:
-            sums["kl_to_teacher"] = (losses.kl_div(student.logits, teacher.logits, reduction="sum"), items)
-            sums["top1_agreement"] = ((prediction == teacher.logits.argmax(-1)).sum(), items)
+            sums["kl_to_teacher"] = (logit_divergence(student, teacher, "kl"), items)
+            sums["top1_agreement"] = ((prediction == teacher.top1()).sum(), items)
         return sums

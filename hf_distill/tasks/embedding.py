@@ -125,9 +125,16 @@ class EmbeddingTask(TaskAdapter):
     def logit_width(self, model: nn.Module) -> int | None:
         return None
 
+    cached_signal = "embeddings"
+
+    def cache_settings(self, teacher: nn.Module) -> dict[str, Any]:
+        pooling = self.pooling_of(teacher)
+        return {"task": self.name, "pooling": pooling.mode, "normalize": pooling.normalize}
+
     def prepare(self, student: nn.Module, teacher: nn.Module, args: Any) -> None:
         """Teacher pooled as its folder says; the student as its own folder says, else like the teacher; then the
         config's explicit `embedding_pooling` / `embedding_normalize`, if set, for both."""
+        teacher = teacher if teacher is not None else student  # a cached teacher: the student pools as its folder says
         teacher_pooling = Pooling.from_folder(_folder_of(teacher), default=self.default_pooling)
         student_pooling = Pooling.from_folder(_folder_of(student), default=teacher_pooling)
         for model, pooling in ((teacher, teacher_pooling), (student, student_pooling)):
@@ -145,7 +152,12 @@ class EmbeddingTask(TaskAdapter):
         )
         save_sentence_transformer_files(output_dir, model, self.pooling_of(model), projection)
 
-    def embedding_width(self, model: nn.Module) -> int:
+    def embedding_width(self, model: nn.Module | None) -> int:
+        """The width of ``model``'s embeddings; None = the cached teacher's (`TaskAdapter.teacher_widths`)."""
+        if model is None:
+            if "embeddings" not in self.teacher_widths:
+                raise ValueError("The teacher's embedding width is unknown: give the teacher or a teacher cache.")
+            return self.teacher_widths["embeddings"]
         config = base_model_of(model).config
         return int(getattr(config, "hidden_size", None) or config.d_model)
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from .. import losses
-from ..signals import Signals
+from ..signals import Signals, logit_divergence
 from .base import TASKS, TaskAdapter, base_model_of
 
 __all__ = ["LanguageTask"]
@@ -50,6 +50,11 @@ class LanguageTask(TaskAdapter):
 
     def auto_class(self) -> Any:
         return AutoModelForCausalLM if self.causal else AutoModelForMaskedLM
+
+    cached_signal = "logits"
+
+    def cache_settings(self, teacher: nn.Module) -> dict[str, Any]:
+        return {"task": self.name, "causal": self.causal}
 
     def logit_width(self, model: nn.Module) -> int | None:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -100,11 +105,11 @@ class LanguageTask(TaskAdapter):
         if student.labels is not None:
             counted = ((student.labels != -100) & mask).sum()
             sums["ce"] = (losses.ce(student.logits, student.labels, mask=mask, reduction="sum"), counted)
-            if teacher is not None:
+            if teacher is not None and teacher.logits is not None:  # a top-k cache lacks most labels' logits
                 sums["teacher_ce"] = (losses.ce(teacher.logits, student.labels, mask=mask, reduction="sum"), counted)
         if teacher is not None:
-            sums["kl_to_teacher"] = (losses.kl_div(student.logits, teacher.logits, mask=mask, reduction="sum"), items)
-            agree = (student.logits.argmax(-1) == teacher.logits.argmax(-1)) & mask
+            sums["kl_to_teacher"] = (logit_divergence(student, teacher, "kl", mask=mask), items)
+            agree = (student.logits.argmax(-1) == teacher.top1()) & mask
             sums["top1_agreement"] = (agree.sum(), items)
         return sums
 

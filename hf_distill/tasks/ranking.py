@@ -210,6 +210,15 @@ class RankingTask(EmbeddingTask):
     def logit_width(self, model: nn.Module) -> int | None:
         return None
 
+    cached_signal = "scores"
+
+    def cache_settings(self, teacher: nn.Module) -> dict[str, Any]:
+        settings = {"task": self.name, "kind": self.kind_of(teacher)}
+        if settings["kind"] == BI_ENCODER:
+            pooling = self.pooling_of(teacher)
+            settings.update(similarity=self.similarity_of(teacher), pooling=pooling.mode, normalize=pooling.normalize)
+        return settings
+
     def default_collator(
         self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True
     ) -> Any:
@@ -243,6 +252,13 @@ class RankingTask(EmbeddingTask):
     def latency_inputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         """The candidates of the batch: passages alone for a bi-encoder, query+passage pairs for a cross-encoder."""
         return _sub_batch(batch, "pair" if self.kind_of(model) == CROSS_ENCODER else "doc")
+
+    def fit_cached(self, signals: Signals, batch: dict[str, Any]) -> Signals:
+        """The cache holds every candidate of a row; a training batch may use only the first ones."""
+        inputs = _sub_batch(batch, "pair") or _sub_batch(batch, "doc")
+        candidates = inputs["input_ids"].shape[0] // batch["labels"].shape[0]
+        signals.scores = signals.scores[:, :candidates]
+        return signals
 
     def item_mask(self, batch: dict[str, Any]) -> torch.Tensor:
         labels = batch["labels"]

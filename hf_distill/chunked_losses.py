@@ -1,0 +1,379 @@
+"""Memory-efficient distillation divergences for large vocabularies: chunked over rows, gradient in the forward.
+
+The dense functions of :mod:`hf_distill.losses` build several float32 ``[N, V]`` tensors (tempered logits,
+log-softmaxes, probabilities, log-ratios, products) for the N counted positions and keep most of them in the
+autograd graph until the backward pass. With a vocabulary of 128k tokens, 8k tokens per batch cost 4 GiB per such
+tensor. The two functions here give the same values and gradients but only ever hold a ``chunk_size``-row slice of
+those intermediates:
+
+* :func:`chunked_divergence` takes logits, as the dense functions do. Each chunk of counted rows is upcast to
+  float32, its divergence computed, and the closed-form gradient with respect to that chunk's student logits
+  written into one gradient buffer (``[..., V]``, in the student logits' dtype); the chunk's intermediates are
+  then freed. No autograd graph is built over the intermediates: backward only scales the stored gradient.
+* :func:`fused_linear_divergence` starts one step earlier, from the hidden states and the LM-head weights of both
+  models, so that not even the logits exist for the whole batch: each chunk's logits are computed, used and
+  dropped, and the gradients of the student's hidden states, weight and bias are accumulated chunk by chunk.
+
+The idea of fusing the LM head with the distillation loss and computing gradients chunk by chunk inside the forward
+pass comes from Liger-Kernel's fused linear distillation losses (LinkedIn, "Liger Kernel: Efficient Triton Kernels
+for LLM Training", arXiv:2410.10989); this is an independent pure-PyTorch implementation of that idea.
+
+Conventions (formulas, ``mask``, ``reduction``, temperature and T², float32 maths, zero probabilities, the JSD end
+points) are exactly those of :mod:`hf_distill.losses`; the per-row maths is the same code (``_kl_rows``).
+
+Closed-form gradients. With ``a = z_s / T`` (student logits over T), ``p_s = softmax(a)`` and ``D`` the per-row
+divergence, the loss per row is ``T² · D`` so ``∂loss/∂z_s = T · ∂D/∂a``, and per row:
+
+* forward KL, ``D = KL(p_t || p_s)``:            ``∂D/∂a = p_s − p_t``
+* reverse KL, ``D = KL(p_s || p_t)``:            ``∂D/∂a = p_s ⊙ (log p_s − log p_t − D)``
+* JSD(β), ``m = β·p_t + (1 − β)·p_s``:          ``∂D/∂a = (1 − β) · p_s ⊙ (log p_s − log m − KL(p_s || m))``
+
+(for the JSD, the terms coming from ``∂m/∂a`` cancel because ``Σ_v (β·p_t + (1 − β)·p_s)_v / m_v · ∂p_s,v/∂a =
+Σ_v ∂p_s,v/∂a = 0``). Terms where ``p_s = 0`` are 0, as in the values. With ``reduction="mean"`` every row's
+gradient is further divided by the number of counted rows.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .losses import Reduction, _check_reduction, _check_temperature, _kl_rows, _reduce, _tempered_log_probs
+
+__all__ = ["chunked_divergence", "fused_linear_divergence"]
+
+Divergence = Literal["kl", "reverse_kl", "jsd"]
+_DIVERGENCES = ("kl", "reverse_kl", "jsd")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_options(divergence: str, beta: float, temperature: float, reduction: str, chunk_size: int) -> str:
+    """Check the scalar options; return the divergence actually computed (JSD's end points are KL / reverse KL)."""
+    if divergence not in _DIVERGENCES:
+        raise ValueError(f"`divergence` must be one of 'kl', 'reverse_kl' or 'jsd', got {divergence!r}.")
+    if divergence == "jsd" and (isinstance(beta, bool) or not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0)):
+        raise ValueError(f"`beta` must be in [0, 1], got {beta!r}.")
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size <= 0:
+        raise ValueError(f"`chunk_size` must be a positive int (rows per chunk), got {chunk_size!r}.")
+    if divergence == "jsd" and beta == 0.0:
+        return "kl"  # as jsd(): β = 0 is the forward KL(p_t || p_s) ...
+    if divergence == "jsd" and beta == 1.0:
+        return "reverse_kl"  # ... and β = 1 the reverse KL(p_s || p_t)
+    return divergence
+
+
+def _counted_rows(leading_shape: torch.Size, mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """Indices of the counted rows of the flattened leading dimensions; ``None`` when every row counts."""
+    if mask is None:
+        return None
+    if mask.shape != leading_shape:
+        raise ValueError(
+            f"`mask` must have shape {tuple(leading_shape)} (the inputs without their last dimension), got "
+            f"{tuple(mask.shape)}."
+        )
+    return mask.reshape(-1).to(device=device, dtype=torch.bool).nonzero().squeeze(1)
+
+
+def _chunks(
+    num_rows: int, rows: torch.Tensor | None, chunk_size: int
+) -> Iterator[tuple[int, int, slice | torch.Tensor]]:
+    """``(start, stop, selector)`` per chunk: positions ``start:stop`` among the counted rows and the selector of
+    those rows in the flattened input (a slice, hence a view, when every row counts)."""
+    count = num_rows if rows is None else rows.numel()
+    for start in range(0, count, chunk_size):
+        stop = min(start + chunk_size, count)
+        yield start, stop, slice(start, stop) if rows is None else rows[start:stop]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One chunk: values and closed-form gradient
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _chunk_rows_and_grad(
+    log_ps: torch.Tensor, log_pt: torch.Tensor, divergence: str, beta: float, grad_scale: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A chunk's float32 log-probabilities ``[c, V]`` at temperature T (``_tempered_log_probs``, which the callers
+    run so that the chunk's logits can be freed first) → per-row divergence ``D`` ``[c]`` (no T²) and, unless
+    ``grad_scale`` is None, ``grad_scale · ∂D/∂(z_s / T)`` ``[c, V]``. Formulas in the module docstring. May
+    overwrite ``log_ps`` and ``log_pt`` (the callers drop them)."""
+    if divergence == "kl":
+        rows = _kl_rows(log_pt, log_ps)
+        if grad_scale is None:
+            return rows, None
+        return rows, log_ps.exp_().sub_(log_pt.exp_()).mul_(grad_scale)  # p_s − p_t (log_ps, log_pt reused)
+    if divergence == "reverse_kl":
+        log_q = log_pt
+        rows = kl_student = _kl_rows(log_ps, log_pt)
+        weight = 1.0
+    else:  # jsd, 0 < β < 1; log m without leaving log space, as in jsd()
+        log_q = torch.logaddexp(log_pt + math.log(beta), log_ps + math.log(1.0 - beta))
+        kl_student = _kl_rows(log_ps, log_q)
+        rows = beta * _kl_rows(log_pt, log_q) + (1.0 - beta) * kl_student
+        weight = 1.0 - beta
+    if grad_scale is None:
+        return rows, None
+    p_s = log_ps.exp()
+    # p_s ⊙ (log p_s − log q − KL(p_s || q)), with the log-ratio zeroed where p_s = 0 (−inf − −inf would be NaN).
+    grad = log_ps.sub_(log_q).masked_fill_(p_s == 0, 0.0).sub_(kl_student.unsqueeze(-1)).mul_(p_s)
+    return rows, grad.mul_(weight * grad_scale)
+
+
+def _grad_scale(temperature: float, reduction: str, count: int) -> float:
+    """The factor that turns ∂D/∂a (a = z_s / T) into ∂loss/∂z_s: T² (the loss scale) · 1/T (∂a/∂z_s), divided by
+    the number of counted rows for the mean."""
+    return temperature / count if reduction == "mean" and count else temperature
+
+
+def _scaled(grad: torch.Tensor | None, grad_output: torch.Tensor) -> torch.Tensor | None:
+    """The stored gradient times ``grad_output`` (the tensor itself when ``grad_output`` is 1: no full-size copy)."""
+    if grad is None or bool(grad_output == 1):
+        return grad
+    return grad * grad_output
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# chunked_divergence
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _ChunkedDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, rows, divergence, beta, temperature, reduction, chunk_size):
+        vocab = student_logits.shape[-1]
+        student = student_logits.reshape(-1, vocab)  # views for contiguous inputs
+        teacher = teacher_logits.reshape(-1, vocab)
+        count = student.shape[0] if rows is None else rows.numel()
+        scale = _grad_scale(temperature, reduction, count) if ctx.needs_input_grad[0] else None
+        # The one full-size tensor: the gradient, in the student logits' dtype; rows not counted stay 0.
+        grad = None if scale is None else student.new_zeros(student.shape)
+        per_row = student.new_zeros(count, dtype=torch.float32)
+        for start, stop, sel in _chunks(student.shape[0], rows, chunk_size):
+            log_ps, log_pt = _tempered_log_probs(student[sel], teacher[sel], temperature, None, reduction)
+            per_row[start:stop], chunk_grad = _chunk_rows_and_grad(log_ps, log_pt, divergence, beta, scale)
+            del log_ps, log_pt
+            if grad is not None:
+                grad[sel] = chunk_grad.to(grad.dtype)
+            del chunk_grad
+        ctx.save_for_backward(None if grad is None else grad.view(student_logits.shape))
+        return _reduce(per_row, reduction) * temperature**2
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return _scaled(grad, grad_output), None, None, None, None, None, None, None
+
+
+def chunked_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    divergence: Divergence = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """A distillation divergence computed ``chunk_size`` rows at a time, with its gradient computed in the forward.
+
+    Same value and same gradient with respect to ``student_logits`` as the dense functions of
+    :mod:`hf_distill.losses`; with ``p = softmax(logits / T)`` per position:
+
+    * ``"kl"`` (:func:`~hf_distill.losses.kl_div`), forward KL(p_teacher || p_student):
+      T² · mean over counted positions of  sum_v p_t(v) · (log p_t(v) − log p_s(v))
+    * ``"reverse_kl"`` (:func:`~hf_distill.losses.reverse_kl`), reverse KL(p_student || p_teacher):
+      T² · mean over counted positions of  sum_v p_s(v) · (log p_s(v) − log p_t(v))
+    * ``"jsd"`` (:func:`~hf_distill.losses.jsd`), with the mixture m = β·p_t + (1 − β)·p_s:
+      T² · mean over counted positions of  β · KL(p_t || m) + (1 − β) · KL(p_s || m);
+      β = 0 is exactly ``"kl"`` and β = 1 exactly ``"reverse_kl"``.
+
+    ``reduction="sum"`` sums over counted positions instead of averaging; no counted position gives 0 (and a zero
+    gradient). The teacher gets no gradient, whether or not ``teacher_logits`` requires one.
+
+    Memory: the counted rows are processed ``chunk_size`` at a time: each chunk is upcast to float32, its
+    divergence and the closed-form gradient with respect to its student logits (module docstring) are computed,
+    the gradient is written into a buffer of the shape and dtype of ``student_logits``, and the chunk's float32
+    intermediates are freed. So the float32 intermediates are ``[chunk_size, V]``, not ``[N, V]``, and no autograd
+    graph is kept over them; the gradient buffer is the only full-size tensor (none when ``student_logits`` does
+    not require grad). Backward multiplies it by the incoming gradient. The inputs themselves are the caller's; to
+    avoid full-size logits altogether, see :func:`fused_linear_divergence`. Compute grows by the cost of the
+    gradient formula only (there is no separate backward over the vocabulary).
+
+    Args:
+        student_logits: ``[..., V]``, any float dtype (maths in float32, gradient in this dtype).
+        teacher_logits: ``[..., V]``, same shape.
+        divergence: ``"kl"``, ``"reverse_kl"`` or ``"jsd"``.
+        beta: β in [0, 1], the teacher's share of the JSD mixture (used by ``"jsd"`` only).
+        temperature: T > 0.
+        mask: ``[...]`` booleans, True = the position counts.
+        reduction: ``"mean"`` over counted positions or ``"sum"``.
+        chunk_size: positive int, counted rows per chunk; peak extra memory grows with ``chunk_size · V``.
+
+    Example::
+
+        >>> from hf_distill.losses import kl_div
+        >>> s = torch.randn(2, 5, 11, requires_grad=True)
+        >>> t = torch.randn(2, 5, 11)
+        >>> loss = chunked_divergence(s, t, "kl", temperature=2.0, chunk_size=3)
+        >>> torch.allclose(loss, kl_div(s, t, temperature=2.0))
+        True
+        >>> loss.backward()  # s.grad == T · (p_s − p_t) / 10 per position
+    """
+    divergence = _check_options(divergence, beta, temperature, reduction, chunk_size)
+    if student_logits.dim() == 0 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits must have the same shape [..., V], got {tuple(student_logits.shape)} and "
+            f"{tuple(teacher_logits.shape)}. If the teacher's vocabulary is padded beyond the student's, slice the "
+            "teacher logits to the student's vocabulary first."
+        )
+    rows = _counted_rows(student_logits.shape[:-1], mask, student_logits.device)
+    return _ChunkedDivergence.apply(
+        student_logits, teacher_logits.detach(), rows, divergence, beta, temperature, reduction, int(chunk_size)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fused_linear_divergence
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _FusedLinearDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, rows, divergence, beta, temperature,
+                reduction, chunk_size):
+        hs = s_hidden.reshape(-1, s_hidden.shape[-1])
+        ht = t_hidden.reshape(-1, t_hidden.shape[-1])
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        count = hs.shape[0] if rows is None else rows.numel()
+        scale = _grad_scale(temperature, reduction, count) if (need_h or need_w or need_b) else None
+        grad_h = hs.new_zeros(hs.shape) if need_h else None
+        # Weight and bias gradients are sums over all chunks: accumulated in float32, cast once at the end.
+        grad_w = s_weight.new_zeros(s_weight.shape, dtype=torch.float32) if need_w else None
+        grad_b = s_bias.new_zeros(s_bias.shape, dtype=torch.float32) if need_b else None
+        per_row = hs.new_zeros(count, dtype=torch.float32)
+        for start, stop, sel in _chunks(hs.shape[0], rows, chunk_size):
+            h = hs[sel]
+            log_ps, log_pt = _tempered_log_probs(
+                F.linear(h, s_weight, s_bias), F.linear(ht[sel], t_weight, t_bias), temperature, None, reduction
+            )  # the chunk's logits are freed once their log-softmaxes exist
+            per_row[start:stop], grad_logits = _chunk_rows_and_grad(log_ps, log_pt, divergence, beta, scale)
+            del log_ps, log_pt
+            # logits = h @ W.T + b  ⇒  ∂/∂h = g @ W,  ∂/∂W = g.T @ h,  ∂/∂b = Σ_rows g.
+            if grad_h is not None:
+                grad_h[sel] = grad_logits.to(s_weight.dtype) @ s_weight
+            if grad_w is not None:
+                grad_w.addmm_(grad_logits.T, h.float())
+            if grad_b is not None:
+                grad_b.add_(grad_logits.sum(dim=0))
+            del grad_logits
+        ctx.save_for_backward(
+            None if grad_h is None else grad_h.view(s_hidden.shape),
+            None if grad_w is None else grad_w.to(s_weight.dtype),
+            None if grad_b is None else grad_b.to(s_bias.dtype),
+        )
+        return _reduce(per_row, reduction) * temperature**2
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_h, grad_w, grad_b = (_scaled(g, grad_output) for g in ctx.saved_tensors)
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
+
+
+def _check_head(name: str, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if hidden.dim() == 0:
+        raise ValueError(f"`{name}_hidden` must have shape [..., H], got a scalar.")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"`{name}_weight` must have shape [V, H] with H = {hidden.shape[-1]} (the last dimension of "
+            f"`{name}_hidden`), got {tuple(weight.shape)}."
+        )
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"`{name}_bias` must have shape ({weight.shape[0]},) (V), got {tuple(bias.shape)}.")
+
+
+def fused_linear_divergence(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    divergence: Divergence = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    chunk_size: int = 1024,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LM head and distillation divergence fused: the ``[N, V]`` logits never exist for the whole batch.
+
+    Equal, in value and gradients, to::
+
+        chunked_divergence(student_hidden @ student_weight.T + student_bias,
+                           teacher_hidden @ teacher_weight.T + teacher_bias, divergence, beta, ...)
+
+    i.e. to the dense :func:`~hf_distill.losses.kl_div` (forward KL(p_teacher || p_student)),
+    :func:`~hf_distill.losses.reverse_kl` (KL(p_student || p_teacher)) or :func:`~hf_distill.losses.jsd`
+    (β · KL(p_t || m) + (1 − β) · KL(p_s || m), m = β·p_t + (1 − β)·p_s; β = 0 is ``"kl"``, β = 1
+    ``"reverse_kl"``) on those logits, with p = softmax(logits / T), times T², averaged (``"mean"``) or summed
+    (``"sum"``) over the counted positions; no counted position gives 0 and zero gradients.
+
+    Memory: for each chunk of ``chunk_size`` counted rows, both models' logits are computed (in the hiddens' dtype,
+    as the model would), upcast to float32, the divergence and its closed-form gradient ``g`` with respect to the
+    student logits computed (see :mod:`hf_distill.chunked_losses`), then ``g @ W_s`` is written into the hidden-state
+    gradient and ``g.T @ h_s`` (and ``Σ g``) added to the weight (and bias) gradients, accumulated in float32;
+    the chunk's logits and intermediates are then freed. Full-size tensors are only the gradients themselves:
+    ``[..., H_s]``, ``[V, H_s]`` (float32 while accumulating, plus a copy in the weight's dtype if that is not
+    float32) and ``[V]``. The gradients are computed in the forward pass, so the forward costs about as much as a
+    forward + backward; backward only scales them by the incoming gradient. Gradients flow to ``student_hidden``,
+    ``student_weight`` and ``student_bias`` (those that require grad); teacher tensors get none.
+
+    Args:
+        student_hidden: ``[..., H_s]`` final hidden states of the student (same dtype as ``student_weight``).
+        student_weight: ``[V, H_s]`` student LM head (``nn.Linear(H_s, V).weight``).
+        teacher_hidden: ``[..., H_t]``, the same leading shape as ``student_hidden``.
+        teacher_weight: ``[V, H_t]`` teacher LM head, the same V (slice a padded teacher vocabulary first).
+        divergence, beta, temperature, mask, reduction, chunk_size: as in :func:`chunked_divergence`.
+        student_bias, teacher_bias: optional ``[V]`` LM-head biases.
+
+    Example::
+
+        >>> from hf_distill.losses import kl_div
+        >>> hs, ws = torch.randn(2, 5, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+        >>> ht, wt = torch.randn(2, 5, 16), torch.randn(11, 16)
+        >>> loss = fused_linear_divergence(hs, ws, ht, wt, "kl", temperature=2.0, chunk_size=4)
+        >>> torch.allclose(loss, kl_div(hs @ ws.T, ht @ wt.T, temperature=2.0))
+        True
+        >>> loss.backward()  # hs.grad and ws.grad as if through the full logits
+    """
+    divergence = _check_options(divergence, beta, temperature, reduction, chunk_size)
+    _check_head("student", student_hidden, student_weight, student_bias)
+    _check_head("teacher", teacher_hidden, teacher_weight, teacher_bias)
+    if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
+        raise ValueError(
+            f"`student_hidden` and `teacher_hidden` must have the same leading shape [...], got "
+            f"{tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}."
+        )
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(
+            f"student and teacher LM heads must have the same vocabulary size V, got `student_weight` "
+            f"{tuple(student_weight.shape)} and `teacher_weight` {tuple(teacher_weight.shape)}. If the teacher's "
+            "vocabulary is padded beyond the student's, slice it first (teacher_weight[:V], teacher_bias[:V])."
+        )
+    rows = _counted_rows(student_hidden.shape[:-1], mask, student_hidden.device)
+    return _FusedLinearDivergence.apply(
+        student_hidden, student_weight, student_bias, teacher_hidden.detach(), teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(), rows, divergence, beta, temperature, reduction,
+        int(chunk_size),
+    )
