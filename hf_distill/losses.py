@@ -31,8 +31,6 @@ __all__ = [
     "jsd",
     "topk_from_logits",
     "topk_divergence",
-    "chunked_divergence",
-    "fused_linear_divergence",
     "ce",
     "margin_mse",
     "listwise_kl",
@@ -571,7 +569,8 @@ def similarity_kd(student: torch.Tensor, teacher: torch.Tensor, reduction: Reduc
 
 
 def __getattr__(name: str) -> object:
-    """`chunked_divergence` and `fused_linear_divergence` (module `chunked_losses`, which builds on this one):
+    """`losses.chunked_divergence` and `losses.fused_linear_divergence` (defined in `hf_distill.chunked_losses`,
+    which builds on this module, hence loaded on first use):
     memory-efficient variants of the divergences above, chunked over positions, optionally fused with the LM head."""
     if name in ("chunked_divergence", "fused_linear_divergence"):
         from . import chunked_losses

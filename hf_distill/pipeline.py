@@ -267,8 +267,11 @@ def _build_cache(recipe: Recipe, run: _Run, echo: Any) -> str:
 
     spec = recipe["teacher"]["cache"]
     echo(f"Teacher cache: {spec['path']}")
+    # A top-k support lacks the teacher's probability of most labels, so the report's teacher perplexity needs the
+    # live teacher on the evaluation data: only the training data is cached then.
+    eval_data = run.data.get("eval") if spec.get("top_k") is None else None
     cache = cache_teacher(
-        run.teacher, run.data["train"], spec["path"], eval_dataset=run.data.get("eval"), args=run.config,
+        run.teacher, run.data["train"], spec["path"], eval_dataset=eval_data, args=run.config,
         task=run.task_name, tokenizer=run.tokenizer, data_collator=run.collator, top_k=spec.get("top_k"),
         dtype=spec.get("dtype", "float32"), hidden_layers=spec.get("hidden_layers"),
         batch_size=spec.get("batch_size", 32), overwrite=spec.get("overwrite", False),
