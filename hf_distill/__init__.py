@@ -23,6 +23,8 @@ _EXPORTS = {
     "TaskAdapter": "tasks",
     "make_student": "students",
     "select_layers": "students",
+    "build_model_card": "hub",
+    "push_to_hub": "hub",
 }
 
 __all__ = [
@@ -33,14 +35,17 @@ __all__ = [
     "Signals",
     "TASKS",
     "TaskAdapter",
+    "build_model_card",
     "losses",
     "make_student",
+    "push_to_hub",
     "select_layers",
 ]
 
 if TYPE_CHECKING:
     from . import losses
     from .config import DistillationConfig
+    from .hub import build_model_card, push_to_hub
     from .objectives import OBJECTIVES, Objective
     from .signals import Signals
     from .students import make_student, select_layers

@@ -306,10 +306,12 @@ class TeacherCache:
         """``[B, P, t]``: each row's stored items written at its counted positions, ``fill`` elsewhere."""
         flat = _flat(table, column)
         values = _loaded(flat, "raw") if raw else _loaded(flat, self.dtype).float()
-        counted = int(per_row.sum())
         width = self.metadata["widths"][column]
+        where = per_row.reshape(-1).cpu()
+        if bool(where.all()):  # every position counts: the stored values are the tensor
+            return values.view(*per_row.shape, width)
         out = torch.full((*per_row.shape, width), fill, dtype=values.dtype)
-        out[per_row.cpu()] = values.view(counted, width)
+        out.view(-1, width).index_copy_(0, where.nonzero().squeeze(1), values.view(-1, width))
         return out
 
     def _scores(self, table: Any, device: torch.device) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""The ``hf-distill`` command: ``train``, ``cache-teacher``, ``evaluate`` and ``recipes``. Help texts come from the
-recipe schema and the ``metadata["help"]`` of `DistillationConfig`'s fields, so they are written once."""
+"""The ``hf-distill`` command: ``train``, ``cache-teacher``, ``evaluate``, ``push`` and ``recipes``. Help texts come
+from the recipe schema and the ``metadata["help"]`` of `DistillationConfig`'s fields, so they are written once."""
 
 from __future__ import annotations
 
@@ -103,6 +103,37 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="Override a recipe value (parsed as YAML), e.g. --set teacher.cache.top_k=32.")
 
+    push = sub.add_parser(
+        "push",
+        help="Upload a finished run to the Hugging Face Hub with a generated model card (docs/hub.md).",
+        description=textwrap.fill(
+            "Upload the student (safetensors), its tokenizer, projections, the resolved recipe, trainer_state.json, "
+            "report.json / report.png and a model card (teacher vs student, objectives, training arguments, usage, "
+            "the recipe to reproduce it) in one commit. The output directory is never changed. Options not given "
+            "come from the `hub` section of OUTPUT_DIR/recipe.yaml. The token comes from `hf auth login` or HF_TOKEN "
+            "(never from the command line). See docs/hub.md.", width=100),
+        epilog="examples:\n  hf-distill push runs/quickstart --repo-id me/minilm-3l-distilled\n"
+        "  hf-distill push runs/language-gpt2-cached --repo-id me/gpt2-2l --cache-repo-id me/gpt2-teacher-signals\n"
+        "  hf-distill push runs/quickstart --repo-id me/minilm-3l-distilled --dry-run   # show files and card only",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    push.add_argument("output_dir", metavar="OUTPUT_DIR", help="An output directory written by `hf-distill train`.")
+    push.add_argument("--repo-id", help="The model repository, NAMESPACE/NAME (default: hub.repo_id of the recipe).")
+    push.add_argument("--private", action=argparse.BooleanOptionalAction, default=None,
+                      help="Create the repositories as private (default: hub.private of the recipe, else true). An "
+                      "existing repository keeps its visibility.")
+    push.add_argument("--base-model", help="The teacher's Hub id for the card's base_model, when it cannot be found "
+                      "from the recipe's teacher (a local folder).")
+    push.add_argument("--cache-repo-id", help="Also upload the teacher-signal cache to this dataset repository, linked "
+                      "from the card.")
+    push.add_argument("--cache-path", help="The cache folder (default: teacher.cache.path of the recipe).")
+    push.add_argument("--include-teacher", action="store_true", default=None,
+                      help="Also upload OUTPUT_DIR/teacher (a teacher the recipe fine-tuned).")
+    push.add_argument("--revision", help="The branch to commit to (default: main).")
+    push.add_argument("--commit-message", help="The commit message.")
+    push.add_argument("--dry-run", action="store_true",
+                      help="Print the files that would be uploaded and the model card; no network call.")
+
     sub.add_parser("recipes", help="List the shipped recipes with a one-line description each.",
                    description="List the shipped recipes with a one-line description each.")
     return parser
@@ -134,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import evaluate_output_dir
 
             evaluate_output_dir(args.target)
+        elif args.command == "push":
+            _push(args)
     except RecipeError as err:
         print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -144,7 +177,58 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from .hub import PushError
+
+        if not isinstance(err, PushError):
+            raise
+        print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
     return 0
+
+
+_PUSH_KEYS = {"repo_id": "--repo-id", "base_model": "--base-model", "cache_repo_id": "--cache-repo-id",
+              "cache_path": "--cache-path", "output_dir": "OUTPUT_DIR"}
+
+
+def _push(args: argparse.Namespace) -> None:
+    """``hf-distill push``: options not given come from the `hub` section of the run's recipe.yaml."""
+    from pathlib import Path
+
+    import yaml
+
+    from .hub import plan_upload, push_to_hub
+
+    recipe_file = Path(args.output_dir) / "recipe.yaml"
+    hub = {}
+    if recipe_file.is_file():
+        hub = (yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}).get("hub") or {}
+    repo_id = args.repo_id or hub.get("repo_id")
+    options = {
+        "base_model": args.base_model or hub.get("base_model"),
+        "cache_repo_id": args.cache_repo_id or hub.get("cache_repo_id"),
+        "cache_path": args.cache_path,
+        "include_teacher": bool(args.include_teacher if args.include_teacher is not None
+                                else hub.get("include_teacher", False)),
+    }
+    if args.dry_run:
+        from .hub import check_push_possible
+
+        check_push_possible(repo_id, base_model=options["base_model"], cache_repo_id=options["cache_repo_id"],
+                            keys=_PUSH_KEYS, ids_only=True)
+        plan = plan_upload(args.output_dir, repo_id, keys=_PUSH_KEYS, **options)
+        for label, files in ((repo_id, plan.files), (plan.cache_repo_id, plan.cache_files)):
+            if files:
+                print(f"would upload to {label}:")
+                for name, value in sorted(files.items()):
+                    size = len(value) if isinstance(value, bytes) else value.stat().st_size
+                    print(f"  {name}  ({size:,} bytes)")
+        print("\nREADME.md (the model card):\n")
+        print(plan.card)
+        return
+    private = args.private if args.private is not None else hub.get("private", True)
+    push_to_hub(args.output_dir, repo_id, private=private, revision=args.revision,
+                commit_message=args.commit_message, echo=print, keys=_PUSH_KEYS, **options)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,14 @@ class DistillationConfig(TrainingArguments):
         default=False,
         metadata={"help": "Wrap the teacher's forward in `torch.compile` (worth it for long runs on GPU)."},
     )
+    teacher_is_student_base: bool = field(
+        default=False,
+        metadata={
+            "help": "Self-distillation into an adapter: the teacher is the PEFT student's own base model with its "
+            "adapters disabled (`teacher_model` must then be None; no second copy of the model is loaded). The "
+            "student keeps close to what the base model predicted while it learns, e.g. with `ce` on new data."
+        },
+    )
     teacher_cache: str | None = field(
         default=None,
         metadata={

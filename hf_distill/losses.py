@@ -96,7 +96,47 @@ def _tempered_log_probs(
     _check_temperature(temperature)
     _check_reduction(reduction)
     student, teacher = _select(student_logits, teacher_logits, mask)
-    return F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1)
+    log_ps = F.log_softmax(_tempered(student, temperature), dim=-1)
+    return log_ps, F.log_softmax(_tempered(teacher, temperature), dim=-1)
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / T`` (no copy at T = 1)."""
+    return logits if temperature == 1 else logits / temperature
+
+
+def _dense(
+    divergence: str,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float,
+    temperature: float,
+    mask: torch.Tensor | None,
+    reduction: str,
+) -> torch.Tensor:
+    """The dense divergences. With finite logits (the usual case) every row is computed and uncounted rows are
+    weighted 0, so no row is copied and no zero-probability guard is needed; otherwise the counted rows are selected
+    and the guarded formulas handle ``-inf`` logits."""
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    vocab = student_logits.shape[-1]
+    if student_logits.shape != teacher_logits.shape or (mask is not None and mask.shape != student_logits.shape[:-1]):
+        _select(student_logits, teacher_logits, mask)  # raises the shape error
+    finite = bool(torch.isfinite(student_logits).all()) and bool(torch.isfinite(teacher_logits).all())
+    if not finite:
+        log_ps, log_pt = _tempered_log_probs(student_logits, teacher_logits, temperature, mask, reduction)
+        return _reduce(_divergence_rows(divergence, log_ps, log_pt, beta), reduction) * temperature**2
+    student = _tempered(student_logits.reshape(-1, vocab).float(), temperature)
+    teacher = _tempered(teacher_logits.reshape(-1, vocab).float(), temperature)
+    per_row = _divergence_rows(divergence, F.log_softmax(student, -1), F.log_softmax(teacher, -1), beta, True)
+    if mask is None:
+        return _reduce(per_row, reduction) * temperature**2
+    keep = mask.reshape(-1).to(torch.bool)
+    total = (per_row * keep).sum() * temperature**2
+    if reduction == "sum":
+        return total
+    count = keep.sum()
+    return total / count if int(count) > 0 else total
 
 
 def _reduce(per_row: torch.Tensor, reduction: Reduction) -> torch.Tensor:
@@ -106,9 +146,12 @@ def _reduce(per_row: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     return total / per_row.numel()
 
 
-def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """Row-wise KL(p || q) = Σ_v p_v (log p_v − log q_v) from log-probabilities; terms with p_v = 0 are 0."""
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor, finite: bool = False) -> torch.Tensor:
+    """Row-wise KL(p || q) = Σ_v p_v (log p_v − log q_v) from log-probabilities; terms with p_v = 0 are 0.
+    ``finite``: the caller knows no log-probability is ``-inf``, so the guard below is not needed."""
     p = log_p.exp()
+    if finite:
+        return (p * (log_p - log_q)).sum(dim=-1)
     # Mask the log-ratio (not the product), so that 0 · (−inf − −inf) yields neither a NaN value nor a NaN gradient.
     log_ratio = torch.where(p > 0, log_p - log_q, torch.zeros_like(p))
     return (p * log_ratio).sum(dim=-1)
@@ -143,8 +186,7 @@ def kl_div(
         >>> round(kl_div(s, t).item(), 4)  # (σ(1) − σ(−1)) · 1 = 0.4621
         0.4621
     """
-    log_ps, log_pt = _tempered_log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    return _reduce(_kl_rows(log_pt, log_ps), reduction) * temperature**2
+    return _dense("kl", student_logits, teacher_logits, 0.0, temperature, mask, reduction)
 
 
 def reverse_kl(
@@ -172,8 +214,7 @@ def reverse_kl(
         >>> round(reverse_kl(s, t).item(), 4), round(kl_div(s, t).item(), 4)  # the direction matters
         (1.0068, 0.8287)
     """
-    log_ps, log_pt = _tempered_log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    return _reduce(_kl_rows(log_ps, log_pt), reduction) * temperature**2
+    return _dense("reverse_kl", student_logits, teacher_logits, 1.0, temperature, mask, reduction)
 
 
 def jsd(
@@ -208,8 +249,7 @@ def jsd(
         0.0
     """
     _check_beta(beta)
-    log_ps, log_pt = _tempered_log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    return _reduce(_divergence_rows("jsd", log_ps, log_pt, beta), reduction) * temperature**2
+    return _dense("jsd", student_logits, teacher_logits, beta, temperature, mask, reduction)
 
 
 DIVERGENCES = ("kl", "reverse_kl", "jsd")
@@ -220,18 +260,24 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"`beta` must be in [0, 1], got {beta!r}.")
 
 
-def _divergence_rows(divergence: str, log_ps: torch.Tensor, log_pt: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+def _divergence_rows(
+    divergence: str, log_ps: torch.Tensor, log_pt: torch.Tensor, beta: float = 0.5, finite: bool = False
+) -> torch.Tensor:
     """Row-wise divergence between distributions given as log-probabilities ``[N, C]`` (C classes or buckets):
     ``"kl"`` = KL(p_t || p_s), ``"reverse_kl"`` = KL(p_s || p_t), ``"jsd"`` = β·KL(p_t || m) + (1 − β)·KL(p_s || m)
-    with m = β·p_t + (1 − β)·p_s (β = 0 → forward KL, β = 1 → reverse KL, as in :func:`jsd`)."""
+    with m = β·p_t + (1 − β)·p_s (β = 0 → forward KL, β = 1 → reverse KL, as in :func:`jsd`). ``finite``: no
+    log-probability is ``-inf`` (finite logits), so the zero-probability guards can be skipped."""
     if divergence == "kl" or (divergence == "jsd" and beta == 0.0):
-        return _kl_rows(log_pt, log_ps)
+        return _kl_rows(log_pt, log_ps, finite)
     if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1.0):
-        return _kl_rows(log_ps, log_pt)
+        return _kl_rows(log_ps, log_pt, finite)
     if divergence != "jsd":
         raise ValueError(f"`divergence` must be one of {', '.join(DIVERGENCES)}, got {divergence!r}.")
     # log m = log(β·p_t + (1 − β)·p_s), computed without leaving log space. Where both are 0 (a -inf logit in both
     # models), m = 0 and the log-sum-exp is taken of zeros instead: its gradient at (-inf, -inf) would be NaN.
+    if finite:
+        log_m = torch.logaddexp(log_pt + math.log(beta), log_ps + math.log(1.0 - beta))
+        return beta * _kl_rows(log_pt, log_m, True) + (1.0 - beta) * _kl_rows(log_ps, log_m, True)
     both_zero = torch.isneginf(log_pt) & torch.isneginf(log_ps)
     safe_t, safe_s = (torch.where(both_zero, torch.zeros_like(x), x) for x in (log_pt, log_ps))
     log_m = torch.logaddexp(safe_t + math.log(beta), safe_s + math.log(1.0 - beta))
@@ -272,16 +318,14 @@ def _topk_bucket_log_probs(
     """``[N, V]`` student logits and a ``[N, k]`` teacher support → ``(log p_s, log p_t)`` over the k + 1 buckets
     (the top-k tokens, then the tail), ``[N, k + 1]`` (``[N, k]`` when k = V), at temperature T."""
     vocab, k = student.shape[-1], topk_indices.shape[-1]
-    scaled = student / temperature
-    log_ps_full = F.log_softmax(scaled, dim=-1)
-    log_ps = log_ps_full.gather(-1, topk_indices)
+    scaled = _tempered(student, temperature)
+    log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)  # no full [N, V] log-softmax: only k + 1 buckets are read
+    log_ps = scaled.gather(-1, topk_indices) - log_z
     teacher = topk_logits.float() / temperature
     if k == vocab:  # no tail: the support is the whole vocabulary
         return log_ps, F.log_softmax(teacher, dim=-1)
     # Student tail: log Σ_{v outside top-k} p_s(v), as a log-sum-exp over the other logits (stable near 0 and 1).
-    log_ps_tail = torch.logsumexp(scaled.scatter(-1, topk_indices, float("-inf")), dim=-1) - torch.logsumexp(
-        scaled, dim=-1
-    )
+    log_ps_tail = torch.logsumexp(scaled.scatter(-1, topk_indices, float("-inf")), dim=-1) - log_z.squeeze(-1)
     # Teacher tail: at T = 1 its mass is r. The cache does not keep the tail's logits, so they are taken as equal:
     # z_tail = log Z − log(V − k) + log r with log Z = logsumexp(top-k logits) − log(1 − r); at temperature T the
     # tail then weighs (V − k)·exp(z_tail / T), i.e. log (V − k) + z_tail / T before normalisation (exact at T = 1).
@@ -369,7 +413,8 @@ def topk_divergence(
             raise ValueError(f"`mask` must have shape {tuple(lead)} (the logits without the class dimension), got "
                              f"{tuple(mask.shape)}.")
         keep = mask.reshape(-1).to(torch.bool)
-        student, values, indices, tail = student[keep], values[keep], indices[keep], tail[keep]
+        if not bool(keep.all()):  # copy the counted rows only when some do not count
+            student, values, indices, tail = student[keep], values[keep], indices[keep], tail[keep]
     log_ps, log_pt = _topk_bucket_log_probs(student.float(), values, indices.long(), tail, temperature)
     return _reduce(_divergence_rows(divergence, log_ps, log_pt, beta), reduction) * temperature**2
 
@@ -411,10 +456,16 @@ def ce(
         if mask.shape != labels.shape:
             raise ValueError(f"`mask` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(mask.shape)}.")
         keep = keep & mask.to(torch.bool)
-    logits = student_logits.reshape(-1, student_logits.shape[-1])[keep.reshape(-1)].float()
-    targets = labels.reshape(-1)[keep.reshape(-1)]
-    per_row = -F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return _reduce(per_row, reduction)
+    logits = student_logits.reshape(-1, student_logits.shape[-1]).float()
+    if not bool(torch.isfinite(logits).all()):  # a row of -inf would poison the fused op: keep counted rows only
+        logits, targets = logits[keep.reshape(-1)], labels.reshape(-1)[keep.reshape(-1)]
+    else:  # the fused cross-entropy skips ignored rows itself, without copying the logits
+        targets = labels.masked_fill(~keep, -100).reshape(-1)
+    total = F.cross_entropy(logits, targets.long(), ignore_index=-100, reduction="sum")
+    count = keep.sum()
+    if reduction == "sum" or int(count) == 0:
+        return total
+    return total / count
 
 
 def margin_mse(

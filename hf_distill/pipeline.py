@@ -19,7 +19,8 @@ from .recipes import Recipe, RecipeError, build_config, resolve_model_reference
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["load_data", "check_output_dir", "train_recipe", "cache_recipe", "evaluate_output_dir", "RECIPE_FILE"]
+__all__ = ["load_data", "check_output_dir", "train_recipe", "cache_recipe", "evaluate_output_dir", "push_output_dir",
+           "RECIPE_FILE"]
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -302,6 +303,16 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     from .students import make_student
     from .trainer import DistillationTrainer
 
+    hub = recipe["hub"] or {}
+    if hub.get("push"):  # a push that cannot succeed (offline, no token) is refused before hours of training
+        from .hub import PushError, check_push_possible
+
+        try:
+            check_push_possible(hub.get("repo_id"), base_model=hub.get("base_model"),
+                                cache_repo_id=hub.get("cache_repo_id"), keys=_HUB_KEYS)
+        except PushError as err:
+            raise PushError(f"{err} Nothing was trained. To train now and push later, add --set hub.push=false, "
+                            "then run `hf-distill push OUTPUT_DIR`.", exit_code=2) from None
     run = _load_run(recipe, echo)
     config, adapter, data, teacher, out = run.config, run.adapter, run.data, run.teacher, recipe.output_dir
     task_name, tokenizer, collator = run.task_name, run.tokenizer, run.collator
@@ -345,7 +356,24 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     teacher_name = str(teacher_spec.get("model") or f"{out / 'teacher'} (trained from teacher.config)")
     report = _report(trainer, teacher, task_name, metrics, data.get("eval", data["train"]), teacher_name, echo)
     echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
+    if hub.get("push"):
+        push_output_dir(out, recipe, echo)
     return report
+
+
+_HUB_KEYS = {"repo_id": "hub.repo_id", "base_model": "hub.base_model", "cache_repo_id": "hub.cache_repo_id",
+             "cache_path": "teacher.cache.path", "output_dir": "training.output_dir"}
+
+
+def push_output_dir(out: Path, recipe: Recipe, echo: Any = print) -> Any:
+    """``hub.push: true``: upload the finished run as its `hub` section says (`hf_distill.hub.push_to_hub`). A failed
+    upload raises `PushError` (the outputs stay as written; its message gives the `hf-distill push` retry)."""
+    from .hub import push_to_hub
+
+    hub = recipe["hub"] or {}
+    return push_to_hub(out, hub["repo_id"], private=hub.get("private", True), base_model=hub.get("base_model"),
+                       cache_repo_id=hub.get("cache_repo_id"), include_teacher=hub.get("include_teacher", False),
+                       echo=echo, keys=_HUB_KEYS)
 
 
 def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:

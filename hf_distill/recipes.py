@@ -153,9 +153,18 @@ RECIPE_SCHEMA: dict[str, Key] = {
     "hub": _mapping(
         "Publishing to the Hugging Face Hub.",
         {
-            "push": Key((bool,), "Push the result after training."),
+            "push": Key((bool,), "Push the result after training (docs/hub.md): the student, tokenizer, "
+                        "projections, recipe, report and a generated model card; `hf-distill push` does the same "
+                        "later."),
             "repo_id": Key((str, type(None)), "Repository id, e.g. user/minilm-3l-distilled."),
-            "private": Key((bool,), "Create the repository as private."),
+            "private": Key((bool,), "Create the repository as private (default true; an existing repository keeps "
+                           "its visibility)."),
+            "base_model": Key((str, type(None)), "The teacher's Hub id for the card's base_model, when it cannot "
+                              "be found from teacher.model (a local folder), e.g. "
+                              "sentence-transformers/all-MiniLM-L6-v2."),
+            "cache_repo_id": Key((str, type(None)), "Also push the teacher-signal cache (teacher.cache.path) to "
+                                 "this dataset repository, linked from the card."),
+            "include_teacher": Key((bool,), "Also push <output_dir>/teacher (a teacher the recipe fine-tuned)."),
         },
     ),
 }
@@ -482,19 +491,43 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
         _check_training_arguments(teacher_finetune, "teacher.finetune", _training_fields(TrainingArguments), problems)
 
     hub = raw.get("hub")
-    if isinstance(hub, dict) and hub.get("push"):
-        if not hub.get("repo_id"):
-            problems.append("`hub.repo_id` is required when `hub.push` is true, e.g. repo_id: user/my-student.")
-        problems.append(
-            "`hub.push: true` is not supported by this version yet; set it to false and upload the output "
-            "directory yourself (e.g. `huggingface-cli upload`)."
-        )
+    if isinstance(hub, dict):
+        _check_hub(hub, teacher, training_section, problems)
 
     if not problems and isinstance(raw.get("training"), dict):
         problems.extend(_check_training_values(recipe))
     if problems:
         raise RecipeError(problems, str(source) if source else None)
     return recipe
+
+
+def _check_hub(hub: dict[str, Any], teacher: Any, training: dict[str, Any], problems: list[str]) -> None:
+    """`hub` settings: ids well formed, `repo_id` with `push`, a cache to push, and no token or Trainer-side push in
+    `training` (the resolved recipe is saved and uploaded; Trainer's own push would upload other files)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if hub.get("push") and not hub.get("repo_id"):
+        problems.append("`hub.repo_id` is required when `hub.push` is true, e.g. repo_id: user/my-student.")
+    for key in ("repo_id", "base_model", "cache_repo_id"):
+        value = hub.get(key)
+        if isinstance(value, str):
+            try:
+                validate_repo_id(value)
+            except HFValidationError as err:
+                problems.append(f"`hub.{key}`: {value!r} is not a repository id ({err}). Expected NAMESPACE/NAME, "
+                                "e.g. user/minilm-3l-distilled.")
+    has_cache = isinstance(teacher, dict) and isinstance(teacher.get("cache"), dict)
+    if hub.get("cache_repo_id") and not has_cache:
+        problems.append("`hub.cache_repo_id` needs a teacher-signal cache to push: set `teacher.cache.path` (see "
+                        "docs/cache.md), or remove hub.cache_repo_id.")
+    if "hub_token" in training:
+        problems.append("`training.hub_token`: a token is never written into a recipe (recipe.yaml is saved next to "
+                        "the student and uploaded with it). Remove it; use `hf auth login` or the HF_TOKEN variable.")
+    for key, instead in (("push_to_hub", "hub.push"), ("hub_model_id", "hub.repo_id"),
+                         ("hub_private_repo", "hub.private")):
+        if key in training:
+            problems.append(f"`training.{key}`: set it as `{instead}` in the recipe instead (the recipe's push "
+                            "uploads the model card, report and recipe; see docs/hub.md).")
 
 
 def _check_training_values(recipe: Recipe) -> list[str]:

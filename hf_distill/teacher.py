@@ -14,7 +14,15 @@ from .tasks import TaskAdapter, base_model_of
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["load_teacher", "freeze_teacher", "shared_logit_width", "LiveTeacher", "NoTeacher", "ScoresColumnTeacher"]
+__all__ = [
+    "load_teacher",
+    "freeze_teacher",
+    "shared_logit_width",
+    "LiveTeacher",
+    "NoTeacher",
+    "ScoresColumnTeacher",
+    "StudentBaseTeacher",
+]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -143,3 +151,22 @@ class NoTeacher:
 
     def __call__(self, batch: dict[str, Any], requires: frozenset[str]) -> None:
         return None
+
+
+class StudentBaseTeacher:
+    """The teacher source of self-distillation into an adapter: the PEFT student's own base model, run with its
+    adapters disabled, in eval mode (no dropout) and under ``torch.no_grad()``; no second copy of the model."""
+
+    def __init__(self, student: nn.Module, task: TaskAdapter) -> None:
+        self.student = student
+        self.task = task
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            with self.student.disable_adapter():
+                return self.task.run(self.student, batch, requires)
+        finally:
+            self.student.train(was_training)

@@ -23,7 +23,15 @@ from .config import DistillationConfig
 from .objectives import OBJECTIVES, build_objectives
 from .signals import Signals
 from .tasks import TaskAdapter, resolve_task
-from .teacher import LiveTeacher, NoTeacher, ScoresColumnTeacher, freeze_teacher, load_teacher, shared_logit_width
+from .teacher import (
+    LiveTeacher,
+    NoTeacher,
+    ScoresColumnTeacher,
+    StudentBaseTeacher,
+    freeze_teacher,
+    load_teacher,
+    shared_logit_width,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -45,6 +53,9 @@ class DistillationTrainer(Trainer):
             `teacher_scores_column` (ranking: the teacher's scores are in the data), or when no objective needs a
             teacher (a label-only baseline through the same machinery).
         args: a `DistillationConfig` (objectives, task, teacher options and all `TrainingArguments`).
+        peft_config: a `peft` config (e.g. ``LoraConfig(...)``): the student is wrapped with ``get_peft_model`` and
+            only its adapter is trained (as in TRL). A student that already is a `PeftModel` works as well. With
+            ``teacher_is_student_base`` in the config, the teacher is the student's base model (adapters off).
         **kwargs: everything else `Trainer` accepts (``train_dataset``, ``eval_dataset``, ``data_collator``,
             ``processing_class``, ``compute_metrics``, ``callbacks``, ...).
 
@@ -66,6 +77,7 @@ class DistillationTrainer(Trainer):
         model: PreTrainedModel | nn.Module | str | os.PathLike | None = None,
         teacher_model: PreTrainedModel | nn.Module | str | os.PathLike | None = None,
         args: DistillationConfig | None = None,
+        peft_config: Any = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -79,7 +91,11 @@ class DistillationTrainer(Trainer):
         if model is None:
             raise ValueError("`model` (the student) is required.")
         scores_column = args.teacher_scores_column
-        if teacher_model is None and scores_column is None and args.teacher_cache is None and any(
+        if args.teacher_is_student_base and (teacher_model is not None or args.teacher_cache or scores_column):
+            raise ValueError("`teacher_is_student_base` makes the student's own base model the teacher; do not also "
+                             "give `teacher_model`, `teacher_cache` or `teacher_scores_column`.")
+        if teacher_model is None and scores_column is None and args.teacher_cache is None and \
+                not args.teacher_is_student_base and any(
             OBJECTIVES.get(spec["name"]).uses_teacher for spec in args.objectives
         ):
             raise ValueError("`teacher_model` is required: a model, a local path or a hub id (or `teacher_cache` in "
@@ -105,6 +121,16 @@ class DistillationTrainer(Trainer):
             model = self.task.load_model(model)
         else:
             self.task = resolve_task(args.task, model=model)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        if args.teacher_is_student_base and not callable(getattr(model, "disable_adapter", None)):
+            raise ValueError(
+                "`teacher_is_student_base` needs a PEFT student (a `PeftModel`, or pass `peft_config=LoraConfig(...)`"
+                f"), whose adapters can be switched off to run its base model as the teacher; got "
+                f"{type(model).__name__}."
+            )
         if scores_column is not None and not self.task.accepts_score_columns:
             raise ValueError(f"`teacher_scores_column` is only used by `task='ranking'`; this run's task is "
                              f"{self.task.name!r}. Unset it and pass a `teacher_model`.")
@@ -159,7 +185,10 @@ class DistillationTrainer(Trainer):
 
         super().__init__(model=model, args=args, **kwargs)
 
-        if teacher is None:  # precomputed scores, or a label-only run (a baseline, or fine-tuning a teacher)
+        if args.teacher_is_student_base:
+            self.teacher_model = None
+            self.teacher_source = StudentBaseTeacher(model, self.task)
+        elif teacher is None:  # precomputed scores, or a label-only run (a baseline, or fine-tuning a teacher)
             self.teacher_model = None
             self.teacher_source = ScoresColumnTeacher(self.task) if scores_column else NoTeacher()
         else:
@@ -478,6 +507,58 @@ class DistillationTrainer(Trainer):
             output.metrics[f"{prefix}_{key}"] = value
         self._eval_sums = self._empty_eval_sums()
         return output
+
+    # ---- Hub -------------------------------------------------------------------------------------------------------
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Save the student to ``args.output_dir`` and upload it with a distillation model card, in one commit
+        (`hf_distill.hub.push_trainer`): teacher as ``base_model`` when it has a Hub id, objectives, training
+        arguments, evaluation metrics. The card is built in memory, ``training_args.bin`` is not uploaded.
+
+        Beyond `Trainer.push_to_hub`'s arguments: ``repo_id`` (default ``args.hub_model_id``), ``base_model``,
+        ``cache_repo_id`` (push ``args.teacher_cache`` as a dataset repository), ``include_teacher``, ``api`` (an
+        ``HfApi`` or stand-in); ``language``, ``license``, ``tags``, ``finetuned_from``, ``dataset_tags`` go to the
+        card. ``private`` defaults to ``args.hub_private_repo``, else True. Returns a `hf_distill.hub.PushResult`.
+        """
+        from .hub import push_trainer
+
+        if not blocking:
+            logger.warning("`blocking=False` has no effect here: the push returns when the commit is made.")
+        return push_trainer(self, commit_message=commit_message, token=token, revision=revision, private=private,
+                            **kwargs)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write the distillation model card (`hf_distill.hub.build_model_card`) to ``args.output_dir/README.md``,
+        in place of `Trainer`'s generic one. ``tasks``, ``dataset`` and ``dataset_args`` are not used."""
+        if not self.is_world_process_zero():
+            return
+        from .hub import build_model_card
+
+        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        datasets = [dataset_tags] if isinstance(dataset_tags, str) else dataset_tags
+        card = build_model_card(self.args.output_dir, repo_id, base_model=finetuned_from, trainer=self,
+                                language=language, license=license, tags=[tags] if isinstance(tags, str) else tags,
+                                datasets=datasets, model_name=model_name)
+        card.save(os.path.join(self.args.output_dir, "README.md"))
 
 
 class _ZeroObjectiveGradients(TrainerCallback):

@@ -345,3 +345,23 @@ def test_cache_teacher_then_train_reuses_the_cache(tmp_path):
 
     stale = cli("cache-teacher", "quickstart", *common, "--set", "data.max_train_samples=40")
     assert stale.returncode == 2 and "different: splits" in stale.stderr
+
+
+def test_a_half_precision_teacher_is_cached_as_such_and_told_apart(tmp_path, train_data):
+    """`teacher_dtype` runs the teacher in bf16 while caching; the fingerprint then covers the bf16 weights, so the
+    same teacher in float32 is refused (its signals differ)."""
+    teacher = tiny_gpt2(layers=2, seed=4)
+    args = config(tmp_path / "c", teacher_dtype="bfloat16")
+    cache = build(tmp_path / "cache", teacher, train_data, args=args, top_k=4)
+    assert cache.metadata["teacher_dtype"] == "bfloat16"
+    batch = pad_collate([train_data[i] for i in range(3)])
+    with torch.no_grad():
+        logits = teacher.to(torch.bfloat16)(input_ids=batch["input_ids"],
+                                            attention_mask=batch["attention_mask"]).logits[:, :-1]
+    mask = batch["labels"][:, 1:] != -100
+    signals = cache.signals(torch.tensor(cache.row_codes("train", 3)), mask, batch["attention_mask"])
+    values, indices, _ = losses.topk_from_logits(logits, 4)
+    assert torch.equal(signals.topk_indices[mask], indices[mask])
+    assert torch.allclose(signals.topk_logits[mask], values[mask])
+    with pytest.raises(StaleCacheError, match="another teacher"):
+        run(tmp_path, "fp32", tiny_gpt2(layers=1), tiny_gpt2(layers=2, seed=4), train_data, cache=cache.path)
