@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
@@ -81,3 +82,17 @@ def config(tmp_path, **overrides: Any) -> DistillationConfig:
     )
     defaults.update(overrides)
     return DistillationConfig(**defaults)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: intra-op threading only adds overhead (and thrashes on a loaded machine). Use it in a module
+    with ``pytestmark = pytest.mark.usefixtures("single_thread")`` after importing it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

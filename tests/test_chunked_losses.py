@@ -9,6 +9,7 @@ import torch
 
 from hf_distill.chunked_losses import _chunk_rows_and_grad, chunked_divergence, fused_linear_divergence
 from hf_distill.losses import jsd, kl_div, reverse_kl
+from tests.helpers import generator, single_thread  # noqa: F401  (fixture)
 
 # (divergence, beta): JSD at both end points and inside.
 DIVERGENCES = [("kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.0), ("jsd", 0.3), ("jsd", 0.5), ("jsd", 1.0)]
@@ -18,16 +19,8 @@ TEMPERATURES = [0.5, 1.0, 4.0]
 CHUNK_SIZES = [1, 4, 7, 15, 1000]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("single_thread")
+_gen = generator
 
 
 def _logits(shape, seed, scale=3.0, dtype=torch.float32):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -420,26 +419,6 @@ def test_trainer_push_to_hub_uploads_a_sentence_transformers_student(tmp_path, o
 
     trainer.create_model_card()
     assert ModelCard.load(out / "README.md").data.base_model == MINILM_ID
-
-
-@pytest.mark.slow
-def test_quickstart_run_pushes_a_sentence_transformers_student(tmp_path, online):
-    from sentence_transformers import SentenceTransformer
-
-    out = tmp_path / "out"
-    train_recipe(load_recipe(find_recipe("quickstart"), [
-        "training.max_steps=1", "data.max_train_samples=16", "data.max_eval_samples=8",
-        f"training.output_dir={out}"]), echo=lambda *args: None)
-    api = FakeApi(tmp_path / "hub")
-    push_to_hub(out, "me/minilm-3l", api=api)
-    pushed = api.folder("me/minilm-3l")
-    texts = ["How do I read a file?", "open() returns a file object."]
-    torch.testing.assert_close(SentenceTransformer(str(pushed), device="cpu").encode(texts, convert_to_tensor=True),
-                               SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_tensor=True))
-    card = ModelCard.load(pushed / "README.md")
-    assert card.data.base_model == MINILM_ID and card.data.library_name == "sentence-transformers"
-    assert card.data.eval_results[0].metric_type == "ndcg_at_10_aligned"
-    shutil.rmtree(out)
 
 
 @pytest.mark.slow

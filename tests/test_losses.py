@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hf_distill.losses import ce, embedding_cosine, embedding_mse, jsd, kl_div, margin_mse, reverse_kl
+from tests.helpers import generator, single_thread  # noqa: F401  (fixture)
 
 LN3 = math.log(3.0)
 TEMPERATURES = [0.5, 1.0, 2.0, 4.0]
@@ -24,17 +25,8 @@ DIV_IDS = [k if b is None else f"jsd-{b}" for k, b in DIVERGENCES]
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # The tensors here are tiny: intra-op threading only adds overhead (and thrashes badly on a loaded machine).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("single_thread")
+_gen = generator
 
 
 def _logits(shape, seed, scale=3.0):
