@@ -370,17 +370,21 @@ class RowIdCollator:
 # ---- building a cache ----------------------------------------------------------------------------------------------
 
 
-def _default_collator(task: TaskAdapter, tokenizer: Any, args: Any, teacher: nn.Module) -> Any:
-    """The collator a `DistillationTrainer` would use with no `data_collator` given (evaluation variant)."""
+def trainer_default_collator(tokenizer: Any) -> Any:
+    """`Trainer`'s own default collator: padding with the tokenizer when there is one, else default_data_collator."""
     from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, default_data_collator
 
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    collator = task.default_collator(text_tokenizer, args, teacher, teacher, training=False)
-    if collator is not None:
-        return collator
     if isinstance(text_tokenizer, PreTrainedTokenizerBase):
         return DataCollatorWithPadding(text_tokenizer)
     return default_data_collator
+
+
+def _default_collator(task: TaskAdapter, tokenizer: Any, args: Any, teacher: nn.Module) -> Any:
+    """The collator a `DistillationTrainer` would use with no `data_collator` given (evaluation variant)."""
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    collator = task.default_collator(text_tokenizer, args, teacher, teacher, training=False)
+    return collator if collator is not None else trainer_default_collator(text_tokenizer)
 
 
 def _check_deterministic(collator: Any) -> None:

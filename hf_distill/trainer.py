@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, Tr
 from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 
-from .cache import ROW_COLUMN, CachedTeacher, RowIdCollator, StaleCacheError, TeacherCache
+from .cache import ROW_COLUMN, CachedTeacher, RowIdCollator, StaleCacheError, TeacherCache, trainer_default_collator
 from .config import DistillationConfig
 from .objectives import OBJECTIVES, build_objectives
 from .signals import Signals
@@ -281,13 +281,7 @@ class DistillationTrainer(Trainer):
                 logger.warning("The evaluation data is not in the teacher cache and no teacher model is given: it "
                                "is evaluated without teacher signals (no distillation loss or fidelity metrics).")
         kwargs["eval_dataset"] = named if isinstance(evals, dict) else named[None]
-        collator = kwargs.get("data_collator")
-        if collator is None:
-            from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, default_data_collator
-
-            text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-            is_tokenizer = isinstance(text_tokenizer, PreTrainedTokenizerBase)
-            collator = DataCollatorWithPadding(text_tokenizer) if is_tokenizer else default_data_collator
+        collator = kwargs.get("data_collator") or trainer_default_collator(tokenizer)
         kwargs["data_collator"] = RowIdCollator(collator)
         if self._eval_collator is not None:
             self._eval_collator = RowIdCollator(self._eval_collator)
