@@ -606,6 +606,19 @@ def cache_teacher(
     return cache
 
 
+def _check_storable(values: torch.Tensor, dtype: str, what: str, start: int, batch_size: int) -> None:
+    """Refuse to store NaN/Inf teacher signals, or values the storage dtype cannot hold (float16 tops out at 65504),
+    so a cache never holds a signal that would break training later."""
+    where = f"rows {start} to {start + batch_size - 1} of the shard being cached"
+    if not torch.isfinite(values).all():
+        raise ValueError(f"The teacher's {what} are not finite (NaN/Inf) for {where}; nothing bad is stored. Check the "
+                         "teacher (a float16 teacher may overflow: use teacher_dtype='bfloat16' or 'float32').")
+    largest = float(values.abs().max()) if values.numel() else 0.0
+    if dtype == "float16" and largest > torch.finfo(torch.float16).max:
+        raise ValueError(f"The teacher's {what} reach {largest:.4g} for {where}, beyond float16's range (65504): "
+                         "stored as float16 they would become Inf. Cache with dtype='bfloat16' or 'float32'.")
+
+
 @torch.no_grad()
 def _run_shard(model: nn.Module, task: TaskAdapter, rows: Any, collator: Any, requires: frozenset[str],
                top_k: int | None, dtype: str, layers: list[int], batch_size: int, device: torch.device,
@@ -621,6 +634,7 @@ def _run_shard(model: nn.Module, task: TaskAdapter, rows: Any, collator: Any, re
         counts = per_row.sum(1)
         shard.add("num_items", [c.cpu().numpy().reshape(1) for c in counts])
         value = _per_item(getattr(signals, task.cached_signal), signals.mask)
+        _check_storable(value, dtype, f"{task.cached_signal}", start, batch_size)
         if task.cached_signal == "logits":
             shard.widths["vocab"] = int(value.shape[-1])
         if top_k is not None:
@@ -637,6 +651,8 @@ def _run_shard(model: nn.Module, task: TaskAdapter, rows: Any, collator: Any, re
             tokens = attention.bool() if attention is not None else torch.ones_like(batch["input_ids"]).bool()
             shard.add("num_tokens", [t.sum().cpu().numpy().reshape(1) for t in tokens])
             for layer in layers:
+                _check_storable(signals.hidden_states[layer][tokens], dtype, f"hidden_states[{layer}]", start,
+                                batch_size)
                 per_text = zip(signals.hidden_states[layer], tokens, strict=True)
                 shard.add(f"hidden_states.{layer}", [_storable(h[t], dtype) for h, t in per_text])
         bar.update(len(features))

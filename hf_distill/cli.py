@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import textwrap
 
@@ -170,12 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as err:
         print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except ValueError as err:
-        from .cache import StaleCacheError  # imported here: `hf-distill recipes` and --help stay light
-
-        if not isinstance(err, StaleCacheError):
+    except (ValueError, OSError, FloatingPointError) as err:
+        # Bad input (a model, data, folder or setting) fails with a message naming the problem and its fix
+        # (docs/troubleshooting.md); HF_DISTILL_TRACEBACK=1 shows where it was raised.
+        if os.environ.get("HF_DISTILL_TRACEBACK") == "1":
             raise
-        print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
+        print(f"hf-distill {args.command}: error: {err}\n(HF_DISTILL_TRACEBACK=1 shows the traceback; causes and "
+              "fixes: docs/troubleshooting.md)", file=sys.stderr)
         return 2
     except RuntimeError as err:
         from .hub import PushError

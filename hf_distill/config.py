@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .checks import NONFINITE_POLICIES
 from .objectives import normalize_objective_specs
 from .registry import did_you_mean
 from .tasks import TASKS
@@ -154,6 +155,25 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    nonfinite_loss: str = field(
+        default="error",
+        metadata={
+            "help": "What a training step with a NaN or infinite loss does: 'error' stops at that step, naming the "
+            "objective(s) and signals that were not finite (`NonFiniteLossError`); 'skip' drops that batch's "
+            "contribution (zero gradient), counts it (logged as `nonfinite_skipped`) and goes on; 'ignore' does not "
+            "check (no per-step synchronisation with the device)."
+        },
+    )
+    preflight: bool = field(
+        default=True,
+        metadata={
+            "help": "Before the first step, run one training batch through the teacher, the student and every "
+            "objective (no gradients, no dropout, random state untouched) so that bad data or models fail at once "
+            "with a clear message: sequences longer than the model's positions, missing or out-of-range labels, "
+            "NaN/Inf teacher or cached signals, signals a model does not return. See docs/troubleshooting.md."
+        },
+    )
+
     def __post_init__(self) -> None:
         # Our fields are checked first, so a typo fails before TrainingArguments sets up devices.
         if self.objectives is None:
@@ -187,6 +207,11 @@ class DistillationConfig(TrainingArguments):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"`nonfinite_loss` must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite_loss!r}."
+                f"{did_you_mean(str(self.nonfinite_loss), NONFINITE_POLICIES)}"
+            )
         self.teacher_dtype = _DTYPE_ALIASES.get(self.teacher_dtype, self.teacher_dtype)
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(

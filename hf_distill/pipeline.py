@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from transformers.utils import logging
 
+from .checks import remote_code_guard
 from .recipes import Recipe, RecipeError, build_config, resolve_model_reference
 
 logger = logging.get_logger(__name__)
@@ -23,6 +24,14 @@ __all__ = ["load_data", "check_output_dir", "train_recipe", "cache_recipe", "eva
            "RECIPE_FILE"]
 
 RECIPE_FILE = "recipe.yaml"
+
+
+_TRUST_FIX = "set `teacher.init_kwargs.trust_remote_code: true` in the recipe (it is used for the student too)"
+
+
+def _trusts_remote_code(recipe: Recipe) -> bool:
+    """Only an explicit ``teacher.init_kwargs.trust_remote_code: true`` lets a model repository's code run."""
+    return (recipe["teacher"].get("init_kwargs") or {}).get("trust_remote_code") is True
 
 
 def _resolve_task(recipe: Recipe) -> str:
@@ -36,7 +45,9 @@ def _resolve_task(recipe: Recipe) -> str:
     if "config" in recipe["teacher"]:
         raise RecipeError(["`task`: a teacher built from `teacher.config` needs an explicit `task:`."])
     reference = resolve_model_reference(recipe["teacher"]["model"], recipe)
-    architecture = (getattr(AutoConfig.from_pretrained(reference), "architectures", None) or [""])[0]
+    with remote_code_guard(reference, _TRUST_FIX):
+        config = AutoConfig.from_pretrained(reference, trust_remote_code=_trusts_remote_code(recipe))
+    architecture = (getattr(config, "architectures", None) or [""])[0]
     for name in TASKS:
         if TASKS.get(name).auto_detect and TASKS.get(name).from_architecture(architecture) is not None:
             return name
@@ -230,12 +241,15 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     teacher_spec = recipe["teacher"]
     teacher_ref = resolve_model_reference(teacher_spec["model"], recipe) if "model" in teacher_spec else None
     tokenizer_ref = resolve_model_reference(recipe["tokenizer"], recipe) if recipe["tokenizer"] else teacher_ref
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref)
+    trust = _trusts_remote_code(recipe)
+    if teacher_ref is not None:  # before the tokenizer: a refused config explains itself best
+        with remote_code_guard(teacher_ref, _TRUST_FIX):
+            teacher_config = AutoConfig.from_pretrained(teacher_ref, trust_remote_code=trust)
+    with remote_code_guard(tokenizer_ref, _TRUST_FIX):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if teacher_ref is not None:
-        teacher_config = AutoConfig.from_pretrained(teacher_ref)
-    else:
+    if teacher_ref is None:
         teacher_config = _config_from_spec(teacher_spec["config"], tokenizer)
     adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
     causal = getattr(adapter, "causal", False)

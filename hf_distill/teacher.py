@@ -9,6 +9,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from .checks import remote_code_guard
 from .signals import Signals
 from .tasks import TaskAdapter, base_model_of
 
@@ -36,7 +37,9 @@ def load_teacher(
         kwargs = dict(init_kwargs or {})
         kwargs["dtype"] = _DTYPES.get(dtype, "auto")
         try:
-            teacher = task.load_model(teacher, **kwargs)
+            with remote_code_guard(teacher, "set teacher_model_init_kwargs={'trust_remote_code': True} (in a recipe: "
+                                   "teacher.init_kwargs.trust_remote_code: true)"):
+                teacher = task.load_model(teacher, **kwargs)
         except OSError as err:
             raise OSError(
                 f"Could not load the teacher {teacher!r} ({err}). Give a local folder written by "

@@ -6,8 +6,12 @@ objectives turn those into loss terms, and the trainer normalises, sums and logs
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,10 +23,22 @@ from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 
 from .cache import ROW_COLUMN, CachedTeacher, RowIdCollator, StaleCacheError, TeacherCache, trainer_default_collator
+from .checks import (
+    NonFiniteLossError,
+    check_dtype_supported,
+    check_labels,
+    check_models,
+    check_output_dir_writable,
+    check_positions,
+    check_signals_present,
+    nonfinite_report,
+    remote_code_guard,
+    save_atomically,
+)
 from .config import DistillationConfig
 from .objectives import OBJECTIVES, build_objectives
 from .signals import Signals
-from .tasks import TaskAdapter, resolve_task
+from .tasks import TaskAdapter, base_model_of, resolve_task
 from .teacher import (
     LiveTeacher,
     NoTeacher,
@@ -35,7 +51,7 @@ from .teacher import (
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["DistillationTrainer", "OBJECTIVES_WEIGHTS_NAME"]
+__all__ = ["DistillationTrainer", "OBJECTIVES_WEIGHTS_NAME", "last_complete_checkpoint"]
 
 #: File holding the trainable parameters of the objectives (e.g. projections), next to the student's weights.
 OBJECTIVES_WEIGHTS_NAME = "distill_objectives.safetensors"
@@ -111,14 +127,20 @@ class DistillationTrainer(Trainer):
                 "either a model or a column of precomputed scores. Pass teacher_model=None to use the column."
             )
 
+        if teacher_model is not None and teacher_model is model:
+            check_models(model, teacher_model)  # the same object: refused before anything is loaded
+        check_dtype_supported(args.teacher_dtype, args.device)
+        check_output_dir_writable(args.output_dir)
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
         if isinstance(teacher_model, os.PathLike):
             teacher_model = os.fspath(teacher_model)
         if isinstance(model, str):
-            architectures = getattr(AutoConfig.from_pretrained(model), "architectures", None) or [""]
-            self.task: TaskAdapter = resolve_task(args.task, architecture=architectures[0])
-            model = self.task.load_model(model)
+            with remote_code_guard(model, "load the student yourself with "
+                                   "`from_pretrained(..., trust_remote_code=True)` and pass the model"):
+                architectures = getattr(AutoConfig.from_pretrained(model), "architectures", None) or [""]
+                self.task: TaskAdapter = resolve_task(args.task, architecture=architectures[0])
+                model = self.task.load_model(model)
         else:
             self.task = resolve_task(args.task, model=model)
         if peft_config is not None:
@@ -154,8 +176,10 @@ class DistillationTrainer(Trainer):
             teacher = freeze_teacher(
                 load_teacher(teacher_model, self.task, args.teacher_dtype, args.teacher_model_init_kwargs)
             )
+            self.task.check_teacher(teacher)
             if cache is not None:
                 cache.check_teacher(teacher)
+        check_models(model, teacher)
         if cache is not None and teacher is None:
             self.task.teacher_widths = dict(cache.metadata.get("widths", {}))
         self.task.prepare(model, teacher, args)
@@ -183,6 +207,8 @@ class DistillationTrainer(Trainer):
             raise ValueError(f"`teacher_scores_column={scores_column!r}` is not a column of the training data (its "
                              f"columns: {columns}). Name the column that holds one teacher score per candidate.")
 
+        # Trainer creates output_dir at once; if the first-batch check then fails, the empty folder is removed again.
+        self._made_output_dir = args.output_dir is not None and not os.path.exists(args.output_dir)
         super().__init__(model=model, args=args, **kwargs)
 
         if args.teacher_is_student_base:
@@ -203,6 +229,8 @@ class DistillationTrainer(Trainer):
 
         self._train_parts: dict[str, torch.Tensor] = {}
         self._train_parts_since = 0
+        self.nonfinite_skipped = 0  # training batches dropped under `nonfinite_loss="skip"`
+        self._scheduled: dict[str, float] = {}  # current values of scheduled weights / parameters, logged
         self._eval_sums = self._empty_eval_sums()
 
     # ---- teacher -----------------------------------------------------------------------------------------------
@@ -361,6 +389,8 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if model.training:
+            self._apply_schedules()
         terms, student, teacher = self.distillation_terms(model, inputs)
         items = num_items_in_batch if num_items_in_batch is not None else student.mask.sum()
         scale = 1.0 / torch.clamp(torch.as_tensor(items, device=student.mask.device, dtype=torch.float32), min=1)
@@ -368,6 +398,8 @@ class DistillationTrainer(Trainer):
             scale = scale * self.args.world_size
         terms = {key: value * scale for key, value in terms.items()}
         loss = sum(terms.values()) if terms else scale.new_zeros(())
+        if model.training and self.args.nonfinite_loss != "ignore" and not self._finite(loss):
+            loss, terms = self._nonfinite_step(model, loss, terms, student, teacher), {}
         if model.training:
             for key, value in terms.items():
                 self._train_parts[key] = self._train_parts.get(key, 0) + value.detach()
@@ -378,6 +410,113 @@ class DistillationTrainer(Trainer):
             for key, (total, count) in self.task.eval_sums(student, teacher).items():
                 self._accumulate_eval(key, total.detach().float(), count)
         return (loss, student) if return_outputs else loss
+
+    # ---- schedules ---------------------------------------------------------------------------------------------
+
+    def _apply_schedules(self) -> None:
+        """Set scheduled weights / temperatures for the optimizer step about to be taken (`hf_distill.schedules`):
+        progress = steps taken / max_steps, so the values depend on the step count alone (exact on resume)."""
+        total = max(self.state.max_steps or 0, 1)
+        progress = self.state.global_step / total
+        for item in self.objectives:
+            for name, value in item.apply_schedules(progress).items():
+                self._scheduled[f"schedule/{item.key}.{name}"] = value
+
+    # ---- reliability: non-finite losses, the first-batch check, resuming -----------------------------------------
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether this step's loss is finite on every process (one flag, so that all processes decide alike)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.args.world_size > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        return not bool(bad.item())
+
+    def _nonfinite_step(self, model: nn.Module, loss: torch.Tensor, terms: dict[str, torch.Tensor],
+                        student: Signals, teacher: Signals | None) -> torch.Tensor:
+        """Name what was not finite; raise (``nonfinite_loss="error"``) or return a zero loss whose gradient is zero
+        for every trainable parameter (``"skip"``: the batch contributes nothing, and under DDP every process still
+        takes part in the gradient all-reduce)."""
+        step = self.state.global_step + 1
+        culprits = [key for key, value in terms.items() if not torch.isfinite(value.detach()).all()]
+        sources = nonfinite_report(teacher, "teacher") + nonfinite_report(student, "student")
+        where = (f"objective(s) {culprits}" if culprits else "another process's batch")
+        detail = f" ({'; '.join(sources)})" if sources else ""
+        if self.args.nonfinite_loss == "error":
+            raise NonFiniteLossError(
+                f"Step {step}: the loss is {loss.detach().float().item()}, from {where}{detail}. Usual causes: a "
+                "float16 teacher overflowing (use teacher_dtype='bfloat16' or 'float32'), a learning rate too high "
+                "(lower it, keep max_grad_norm), or bad rows in the data / cache. To drop such batches and go on, "
+                "set nonfinite_loss='skip'."
+            )
+        self.nonfinite_skipped += 1
+        logger.warning(f"Step {step}: non-finite loss from {where}{detail}; this batch is skipped "
+                       f"({self.nonfinite_skipped} so far).")
+        params = [p for p in model.parameters() if p.requires_grad] + self._objective_parameters()
+        return sum((p.sum() * 0.0 for p in params), loss.new_zeros(()))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
+              ignore_keys_for_eval: list[str] | None = None, **kwargs: Any) -> Any:
+        """`Trainer.train`, plus: ``resume_from_checkpoint=True`` resumes from the last *complete* checkpoint (one a
+        kill interrupted while it was being written is passed over), and with ``args.preflight`` one batch is first
+        checked through the teacher, the student and every objective (`preflight`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+        if self.args.preflight:
+            try:
+                self.preflight()
+            except Exception:
+                if self._made_output_dir and os.path.isdir(self.args.output_dir) and \
+                        not os.listdir(self.args.output_dir):
+                    os.rmdir(self.args.output_dir)  # bad input leaves nothing behind
+                raise
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    def preflight(self) -> None:
+        """Run the first rows of the training data through the teacher, the student and every objective, without
+        gradients or dropout and with every random generator restored afterwards, so a bad batch fails here with a
+        clear message instead of deep inside the first step (or hours later in an evaluation)."""
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            return  # Trainer itself refuses a missing dataset; iterable datasets are not peeked at
+        if len(dataset) == 0:
+            raise ValueError("`train_dataset` is empty: there is nothing to train on. Check the data files and any "
+                             "filtering or `max_train_samples`.")
+        dataset = self._remove_unused_columns(dataset, description="training")
+        collator = self._get_collator_with_removed_columns(self.data_collator, description="training")
+        rows = [dataset[i] for i in range(min(len(dataset), self.args.per_device_train_batch_size))]
+        model = self.model
+        with _preserved_random_state():
+            batch = self._prepare_inputs(collator(rows))
+            check_positions(base_model_of(model), batch, "student")
+            if self.teacher_model is not None:
+                check_positions(base_model_of(self.teacher_model), batch, "teacher")
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    student_inputs = {k: v for k, v in batch.items() if k != ROW_COLUMN}
+                    student = self.task.run(model, student_inputs, self._student_requires)
+                    teacher = (self.teacher_source(batch, self._teacher_requires | {"logits"})
+                               if self._uses_teacher else None)
+                    check_signals_present(student, self._student_requires, self.objectives, "student", model)
+                    check_signals_present(teacher, self._teacher_requires, self.objectives, "teacher",
+                                          self.teacher_model)
+                    check_labels(student, self.objectives)
+                    broken = nonfinite_report(teacher, "teacher")
+                    if broken:
+                        source = "cache" if self.teacher_cache is not None else "model"
+                        raise ValueError(
+                            f"The first training batch's teacher signals are not finite: {'; '.join(broken)}. "
+                            + ("Rebuild the teacher cache (it holds NaN/Inf)." if source == "cache" else
+                               "A float16 teacher may overflow: use teacher_dtype='bfloat16' or 'float32'; else "
+                               "check the teacher's weights.")
+                        )
+                    for item in self.objectives:
+                        if teacher is not None or not item.objective.uses_teacher:
+                            item.objective(student, teacher)
+            finally:
+                model.train(was_training)
 
     # ---- optimizer and saving: trainable objective parameters (e.g. projections) ----------------------------------
     # Trainer only looks after `model.parameters()`: it zeroes, clips (and DDP averages) those alone. The objectives'
@@ -409,12 +548,19 @@ class DistillationTrainer(Trainer):
         return optimizer
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
-        output_dir = output_dir or self.args.output_dir
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.objectives.state_dict().items()}
-        if tensors:
-            save_file(tensors, os.path.join(output_dir, OBJECTIVES_WEIGHTS_NAME))
-        self.task.save_extras(output_dir, self.accelerator.unwrap_model(self.model), self.objectives)
+        """Write the student (and the objectives' trained parameters, and task extras) to a staging folder, then
+        move it into place (`checks.save_atomically`): an interrupted save never leaves a model that looks
+        complete."""
+
+        def write(staging: str) -> None:
+            super(DistillationTrainer, self)._save(staging, state_dict)
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.objectives.state_dict().items()}
+            if tensors:
+                save_file(tensors, os.path.join(staging, OBJECTIVES_WEIGHTS_NAME))
+            self.task.save_extras(staging, self.accelerator.unwrap_model(self.model), self.objectives)
+
+        save_atomically(output_dir or self.args.output_dir, write,
+                        last=("adapter_config.json", "modules.json", "config.json"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -435,6 +581,10 @@ class DistillationTrainer(Trainer):
                 logs[f"loss/{key}"] = value
             self._train_parts = {}
             self._train_parts_since = self.state.global_step
+        if "loss" in logs and self.nonfinite_skipped:
+            logs["nonfinite_skipped"] = self.nonfinite_skipped
+        if "loss" in logs:
+            logs.update(self._scheduled)
         super().log(logs, start_time)
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
@@ -553,6 +703,45 @@ class DistillationTrainer(Trainer):
                                 language=language, license=license, tags=[tags] if isinstance(tags, str) else tags,
                                 datasets=datasets, model_name=model_name)
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str:
+    """The newest ``checkpoint-N`` in ``output_dir`` that was completely written. Trainer writes a checkpoint's
+    ``trainer_state.json`` last, so a folder whose state file is missing or unreadable (the process was killed while
+    saving it) is passed over, with a warning."""
+    folder = Path(output_dir)
+    found = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning(f"{path} is incomplete (no readable trainer_state.json; the run was probably killed while "
+                           "saving it): resuming from an earlier checkpoint.")
+            continue
+        return str(path)
+    raise ValueError(f"`resume_from_checkpoint=True`: {str(folder)!r} holds no complete checkpoint-N folder. Train "
+                     "from scratch (drop resume_from_checkpoint), or give a checkpoint path.")
+
+
+@contextmanager
+def _preserved_random_state() -> Any:
+    """Restore Python's, NumPy's and torch's (CPU and CUDA) random generators on exit."""
+    import numpy as np
+
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 class _ZeroObjectiveGradients(TrainerCallback):

@@ -273,10 +273,11 @@ def test_unknown_task_and_wrong_arguments(tmp_path):
     small = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     token_classifier = BertForTokenClassification(small)  # no adapter handles token classification yet
     with pytest.raises(ValueError, match="Could not detect the task"):
-        DistillationTrainer(model=token_classifier, teacher_model=token_classifier, args=config(tmp_path))
+        DistillationTrainer(model=token_classifier, teacher_model=BertForTokenClassification(small),
+                            args=config(tmp_path))
     headless = BertModel(small)  # a base model is an embedding model
     args = config(tmp_path, objectives=["embedding_cosine"])
-    trainer = DistillationTrainer(model=headless, teacher_model=headless, args=args)
+    trainer = DistillationTrainer(model=headless, teacher_model=BertModel(small), args=args)
     assert trainer.task.name == "embedding"
     with pytest.raises(ValueError, match="does not handle the model"):
         args = config(tmp_path, task="classification")

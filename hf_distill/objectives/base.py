@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry, did_you_mean
+from ..schedules import Schedule, parse_schedule
 from ..signals import SIGNAL_NAMES, Signals
 
 __all__ = ["Objective", "OBJECTIVES", "WeightedObjective", "build_objectives", "normalize_objective_specs"]
@@ -34,6 +35,8 @@ class Objective(nn.Module):
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset({"logits"})
     uses_teacher: ClassVar[bool] = True
+    #: Numeric parameters that may follow a schedule over training (`hf_distill.schedules`), e.g. temperature.
+    schedulable: ClassVar[tuple[str, ...]] = ()
 
     def setup(self, task: Any, student: nn.Module, teacher: nn.Module) -> None:
         """Called once by the trainer with both models, before training: build what depends on their shapes
@@ -81,9 +84,13 @@ def normalize_objective_specs(specs: Any) -> list[dict[str, Any]]:
         if name not in OBJECTIVES:
             raise ValueError(f"{where}: {OBJECTIVES.unknown_message(name)}")
         weight = spec.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 <= float(weight) < float("inf")):
-            raise ValueError(f"{where}.weight must be a finite number >= 0, got {weight!r}.")
-        spec["weight"] = float(weight)
+        weight_schedule = parse_schedule(weight, f"{where}.weight")
+        for value in weight_schedule.extremes() if weight_schedule else (weight,):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) < float("inf"):
+                raise ValueError(f"{where}.weight must be a finite number >= 0 (or a schedule of them), got "
+                                 f"{weight!r}.")
+        if weight_schedule is None:
+            spec["weight"] = float(weight)
         cls = OBJECTIVES.get(name)
         params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
         accepted = cls.parameter_names()
@@ -92,22 +99,49 @@ def normalize_objective_specs(specs: Any) -> list[dict[str, Any]]:
                 hint = did_you_mean(key, accepted)
                 allowed = ", ".join(accepted) if accepted else "none"
                 raise ValueError(f"{where}: objective {name!r} has no parameter {key!r}.{hint} Accepted: {allowed}.")
-        try:
-            cls(**params)  # the constructor validates values (e.g. temperature > 0)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where} ({name!r}): {err}") from err
+        scheduled = {}
+        for key, value in params.items():
+            schedule = parse_schedule(value, f"{where}.{key}")
+            if schedule is not None:
+                if key not in cls.schedulable:
+                    raise ValueError(f"{where}: `{key}` of {name!r} cannot follow a schedule (schedulable: "
+                                     f"{', '.join(cls.schedulable) or 'none'}). Give a number.")
+                scheduled[key] = schedule
+        # The constructor validates values (e.g. temperature > 0): every value a schedule reaches is tried.
+        base = {**params, **{k: sched.start for k, sched in scheduled.items()}}
+        trials = [base] + [{**base, key: value} for key, sched in scheduled.items() for value in sched.extremes()]
+        for values in trials:
+            try:
+                cls(**values)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{where} ({name!r}): {err}") from err
         normalized.append(spec)
     return normalized
 
 
 class WeightedObjective(nn.Module):
-    """An objective with its weight and the name its loss is logged under."""
+    """An objective with its weight and the name its loss is logged under. ``schedules`` maps ``"weight"`` and
+    scheduled parameter names to their `Schedule`; `apply_schedules` sets their values for a point of training."""
 
-    def __init__(self, key: str, weight: float, objective: Objective) -> None:
+    def __init__(self, key: str, weight: float, objective: Objective,
+                 schedules: dict[str, Schedule] | None = None) -> None:
         super().__init__()
         self.key = key
         self.weight = weight
         self.objective = objective
+        self.schedules = dict(schedules or {})
+
+    def apply_schedules(self, progress: float) -> dict[str, float]:
+        """Set every scheduled value for training progress ``progress`` in [0, 1]; returns them by name."""
+        values = {}
+        for name, schedule in self.schedules.items():
+            value = schedule(progress)
+            if name == "weight":
+                self.weight = value
+            else:
+                setattr(self.objective, name, value)
+            values[name] = value
+        return values
 
 
 def build_objectives(specs: list[dict[str, Any]]) -> nn.ModuleList:
@@ -119,8 +153,11 @@ def build_objectives(specs: list[dict[str, Any]]) -> nn.ModuleList:
         count = seen.get(name, 0)
         seen[name] = count + 1
         key = name if count == 0 else f"{name}_{count}"
-        params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
-        built.append(WeightedObjective(key, spec["weight"], OBJECTIVES.get(name)(**params)))
+        schedules = {k: parse_schedule(v, k) for k, v in spec.items() if k != "name"}
+        schedules = {k: v for k, v in schedules.items() if v is not None}
+        params = {k: (schedules[k].start if k in schedules else v) for k, v in spec.items() if k not in _SPEC_KEYS}
+        weight = schedules["weight"].start if "weight" in schedules else spec["weight"]
+        built.append(WeightedObjective(key, weight, OBJECTIVES.get(name)(**params), schedules))
     for item in built:
         unknown = item.objective.requires - SIGNAL_NAMES
         if unknown:

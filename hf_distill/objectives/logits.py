@@ -32,6 +32,7 @@ class _TemperedDivergence(Objective):
     gradient without the full-batch float32 intermediates; for large vocabularies)."""
 
     divergence: ClassVar[str]
+    schedulable = ("temperature",)
 
     def __init__(self, temperature: float = 1.0, chunk_size: int | None = None) -> None:
         super().__init__()
@@ -67,6 +68,7 @@ class JSDObjective(_TemperedDivergence):
 
     name = "jsd"
     divergence = "jsd"
+    schedulable = ("temperature", "beta")
 
     def __init__(self, beta: float = 0.5, temperature: float = 1.0, chunk_size: int | None = None) -> None:
         super().__init__(temperature, chunk_size)

@@ -104,6 +104,7 @@ class ListwiseKLObjective(_RankingObjective):
     """
 
     name = "listwise_kl"
+    schedulable = ("temperature",)
 
     def __init__(
         self,

@@ -67,6 +67,31 @@ class TaskAdapter:
         """Called once by the trainer with both models and the config before training (e.g. to read each model's
         pooling). Default: nothing."""
 
+    #: Whether the teacher must be a model of the student's kind (both causal LMs, both sequence classifiers);
+    #: False for tasks that compare across architectures (a cross-encoder teacher for a bi-encoder student).
+    teacher_must_match: ClassVar[bool] = False
+
+    def kind(self) -> str:
+        """What kind of model this adapter runs, in words (for error messages)."""
+        return f"{self.name} model"
+
+    def check_teacher(self, teacher: nn.Module) -> None:
+        """Refuse, before training, a teacher this task cannot compare with the student."""
+        if not self.teacher_must_match:
+            return
+        found = type(self).detect(teacher)
+        if found is None:
+            try:
+                found = resolve_task("auto", model=teacher)
+            except ValueError:
+                found = None
+        if found is None or found.kind() != self.kind():
+            what = found.kind() if found is not None else type(base_model_of(teacher)).__name__
+            raise ValueError(
+                f"The student is a {self.kind()} but the teacher is a {what}; their outputs cannot be compared. Use "
+                f"a teacher of the student's kind (the same task head), or set `task` to the task both models share."
+            )
+
     def default_collator(
         self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True
     ) -> Any:

@@ -36,6 +36,11 @@ class ClassificationTask(TaskAdapter):
             return cls()
         return None
 
+    teacher_must_match = True
+
+    def kind(self) -> str:
+        return "sequence classifier"
+
     def auto_class(self) -> Any:
         return AutoModelForSequenceClassification
 

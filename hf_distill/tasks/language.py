@@ -48,6 +48,11 @@ class LanguageTask(TaskAdapter):
             return cls(causal=False)
         return None
 
+    teacher_must_match = True
+
+    def kind(self) -> str:
+        return "causal language model" if self.causal else "masked language model"
+
     def auto_class(self) -> Any:
         return AutoModelForCausalLM if self.causal else AutoModelForMaskedLM
 
