@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry, did_you_mean
-from ..signals import SIGNAL_NAMES, Signals
+from ..signals import FEATURE_PREFIX, SIGNAL_NAMES, Signals
 
 __all__ = ["Objective", "OBJECTIVES", "WeightedObjective", "build_objectives", "normalize_objective_specs"]
 
@@ -22,7 +22,8 @@ class Objective(nn.Module):
         name: the registry name used in configs and recipes (``kl``, ``ce``, ...).
         requires: the `Signals` fields this objective reads (from the student, and from the teacher when
             ``uses_teacher``). The student is asked for hidden states or attentions only when some objective
-            requires them.
+            requires them. An entry ``"features:<module path>"`` (`hf_distill.signals.feature_request`) asks for that
+            module's output in ``Signals.features``; such objectives set ``requires`` per instance.
         uses_teacher: False for objectives that need only the student and the labels (``ce``).
 
     ``forward(student, teacher)`` returns the **sum** over the batch's counted items (``student.mask``), either
@@ -122,7 +123,7 @@ def build_objectives(specs: list[dict[str, Any]]) -> nn.ModuleList:
         params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
         built.append(WeightedObjective(key, spec["weight"], OBJECTIVES.get(name)(**params)))
     for item in built:
-        unknown = item.objective.requires - SIGNAL_NAMES
+        unknown = {r for r in item.objective.requires if not r.startswith(FEATURE_PREFIX)} - SIGNAL_NAMES
         if unknown:
             raise ValueError(f"Objective {item.key!r} requires unknown signals {sorted(unknown)}.")
     return built
