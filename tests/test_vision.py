@@ -274,3 +274,11 @@ def test_attention_kl_on_vit(tmp_path):
     assert len(s.attentions) == 1 and s.attentions[0].shape == (3, 2, 5, 5)
     expected = 3 * losses.attention_kl(s.attentions[0], t.attentions[1])  # 1 → 2 layers: last ↔ last
     assert terms["attention_kl"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_deit_with_teacher_loads_from_a_path_with_its_distillation_head(tmp_path):
+    tiny_deit().save_pretrained(tmp_path / "deit")
+    args = config(tmp_path, objectives=[{"name": "deit_distill"}])
+    trainer = DistillationTrainer(model=str(tmp_path / "deit"), teacher_model=tiny_vit(hidden=32, seed=0), args=args)
+    assert type(trainer.model).__name__ == "DeiTForImageClassificationWithTeacher"
+    assert trainer.task.name == "vision"
