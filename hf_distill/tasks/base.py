@@ -23,8 +23,7 @@ def base_model_of(model: nn.Module) -> nn.Module:
 
 
 def token_mask_of(batch: dict[str, Any]) -> torch.Tensor | None:
-    """``[B, L]`` booleans: the real (not padding) tokens of a text batch, from its ``attention_mask`` (None if absent).
-    """
+    """``[B, L]`` booleans, the real (not padding) tokens of a text batch: its ``attention_mask``; None if absent."""
     attention_mask = batch.get("attention_mask")
     return attention_mask.to(torch.bool) if isinstance(attention_mask, torch.Tensor) else None
 
