@@ -25,6 +25,7 @@ _EXPORTS = {
     "select_layers": "students",
     "build_model_card": "hub",
     "push_to_hub": "hub",
+    "capture_features": "hooks",
 }
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "TASKS",
     "TaskAdapter",
     "build_model_card",
+    "capture_features",
     "losses",
     "make_student",
     "push_to_hub",
@@ -45,6 +47,7 @@ __all__ = [
 if TYPE_CHECKING:
     from . import losses
     from .config import DistillationConfig
+    from .hooks import capture_features
     from .hub import build_model_card, push_to_hub
     from .objectives import OBJECTIVES, Objective
     from .signals import Signals

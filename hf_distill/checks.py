@@ -37,6 +37,7 @@ __all__ = [
     "check_dtype_supported",
     "check_output_dir_writable",
     "check_positions",
+    "check_image_size",
     "check_labels",
     "check_signals_present",
     "nonfinite_report",
@@ -156,6 +157,32 @@ def check_positions(model: nn.Module, batch: dict[str, Any], role: str) -> None:
         )
 
 
+def check_image_size(model: nn.Module, batch: dict[str, Any], role: str) -> None:
+    """Images of the size and channel count a patch-embedding model (ViT, DeiT, ...) was built for; CNNs accept any
+    size and are not checked."""
+    config = getattr(model, "config", None)
+    pixels = batch.get("pixel_values")
+    if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or config is None:
+        return
+    channels = getattr(config, "num_channels", None)
+    if isinstance(channels, int) and pixels.shape[1] != channels:
+        raise ValueError(
+            f"The training images have {pixels.shape[1]} channels but the {role} ({type(model).__name__}) expects "
+            f"{channels}. Convert the images (e.g. `image.convert('RGB')`) or build the model with "
+            f"num_channels={pixels.shape[1]}."
+        )
+    size = getattr(config, "image_size", None)
+    if getattr(config, "patch_size", None) is None or size is None:
+        return
+    expected = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    if tuple(pixels.shape[-2:]) != expected:
+        raise ValueError(
+            f"The training images are {pixels.shape[-2]}x{pixels.shape[-1]} pixels but the {role} "
+            f"({type(model).__name__}) was built for {expected[0]}x{expected[1]} (`image_size`). Resize them to that "
+            "size (the model's image processor does), or use a model configured for your image size."
+        )
+
+
 def check_labels(student: Signals, objectives: Iterable[Any]) -> None:
     """Objectives that read labels find some, and class labels index a real class."""
     needing = [item.key for item in objectives if "labels" in item.objective.requires]
@@ -185,15 +212,13 @@ def check_labels(student: Signals, objectives: Iterable[Any]) -> None:
 
 def check_signals_present(signals: Signals | None, requires: Iterable[str], objectives: Iterable[Any], role: str,
                           model: nn.Module | None) -> None:
-    """Every signal an objective reads was produced (hidden states / attentions are silently absent from some
-    models, e.g. attentions under SDPA or flash attention)."""
+    """The hidden states / attentions an objective reads were produced: some models leave them out silently
+    (attentions under SDPA or flash attention). Other signals are checked where they are used."""
     if signals is None:
         return
     objectives = list(objectives)
-    for name in sorted(requires):
-        if name in ("mask", "labels") or getattr(signals, name, None) is not None:
-            continue
-        if role == "teacher" and name == "logits" and signals.topk_logits is not None:
+    for name in sorted(set(requires) & {"hidden_states", "attentions"}):
+        if getattr(signals, name, None) is not None:
             continue
         users = [item.key for item in objectives if name in item.objective.requires]
         if not users:
@@ -201,8 +226,8 @@ def check_signals_present(signals: Signals | None, requires: Iterable[str], obje
         fix = {
             "attentions": "Load the model with attn_implementation='eager' (SDPA and flash attention return no "
             "attention weights).",
-            "hidden_states": "Use a model whose forward accepts `output_hidden_states=True`.",
-        }.get(name, "Use a model (and task) that produces it, or drop the objective.")
+            "hidden_states": "Use a model whose forward accepts `output_hidden_states=True`, or drop the objective.",
+        }[name]
         what = type(model).__name__ if model is not None else "the teacher source"
         raise ValueError(f"Objective(s) {users} need the {role}'s `{name}` but {what} returned none. {fix}")
 

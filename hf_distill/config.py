@@ -64,8 +64,10 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "How batches are turned into signals: 'auto' (detected from the student's class), "
             "'language' (causal or masked LM, per token), 'classification' (per example), 'embedding' (pooled "
-            "sentence embeddings of a base AutoModel, per text) or 'ranking' (bi- or cross-encoder scores of each "
-            "query's candidates, per query; never detected, always explicit)."
+            "sentence embeddings of a base AutoModel, per text), 'ranking' (bi- or cross-encoder scores of each "
+            "query's candidates, per query; never detected, always explicit) or 'vision' (image classifiers, "
+            "AutoModelForImageClassification incl. DeiT with its distillation token, `pixel_values` batches, per "
+            "image)."
         },
     )
     teacher_dtype: str = field(

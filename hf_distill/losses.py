@@ -38,6 +38,10 @@ __all__ = [
     "embedding_cosine",
     "embedding_l2",
     "similarity_kd",
+    "dkd",
+    "pld",
+    "hidden_mse",
+    "attention_kl",
 ]
 
 Reduction = Literal["mean", "sum"]
@@ -617,6 +621,245 @@ def similarity_kd(student: torch.Tensor, teacher: torch.Tensor, reduction: Reduc
     s = F.normalize(student.float(), dim=-1)
     t = F.normalize(teacher.float(), dim=-1)
     return _rows((s @ s.T - t @ t.T).pow(2).mean(dim=-1), reduction)
+
+
+def _labelled_rows(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked ``[..., C]`` logits and ``[...]`` labels → the counted rows ``(student [N, C], teacher [N, C],
+    labels [N])`` in float32. A row counts when its label is not ``-100`` and, if given, ``mask`` is True."""
+    if labels.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"`labels` must have shape {tuple(student_logits.shape[:-1])} (the logits without the class "
+            f"dimension), got {tuple(labels.shape)}."
+        )
+    keep = labels != -100
+    if mask is not None:
+        if mask.shape != labels.shape:
+            raise ValueError(f"`mask` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(mask.shape)}.")
+        keep = keep & mask.to(torch.bool)
+    student, teacher = _select(student_logits, teacher_logits, keep)
+    targets = labels.reshape(-1)[keep.reshape(-1)].long()
+    num_classes = student.shape[-1]
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
+        raise ValueError(f"`labels` must be class ids in [0, {num_classes}) or -100, got values in "
+                         f"[{int(targets.min())}, {int(targets.max())}].")
+    return student, teacher, targets
+
+
+def dkd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Decoupled Knowledge Distillation: the classic KD split into a target-class and a non-target-class term,
+    each with its own weight.
+
+    Per counted position with label ``y`` and ``p = softmax(logits / T)`` over the ``C`` classes:
+
+        b = (p(y), 1 − p(y))                                  the binary target / non-target distribution
+        p̂(c) = p(c) / (1 − p(y)) = softmax(logits / T) over the classes c ≠ y only
+        TCKD = KL(b_teacher || b_student)   = Σ_{i in {y, ¬y}} b_t(i) · (log b_t(i) − log b_s(i))
+        NCKD = KL(p̂_teacher || p̂_student) = Σ_{c ≠ y} p̂_t(c) · (log p̂_t(c) − log p̂_s(c))
+        loss = T² · (alpha · TCKD + beta · NCKD)
+
+    then the mean (or sum) over counted positions. The classic KD is ``KL(p_t || p_s) = TCKD + (1 − p_t(y)) ·
+    NCKD``; DKD frees NCKD from the ``1 − p_t(y)`` factor, which suppresses it exactly when the teacher is confident.
+    ``log(1 − p(y))`` is computed as a log-sum-exp of the non-target log-probabilities (no ``log(1 − softmax)``).
+    The paper's warm-up of the loss over the first epochs is a schedule, not part of this function.
+    Paper: Zhao et al. 2022, "Decoupled Knowledge Distillation" (CVPR 2022), arXiv:2203.08679.
+
+    Args:
+        student_logits: ``[..., C]``, ``C >= 2``.
+        teacher_logits: ``[..., C]``, same shape.
+        labels: ``[...]`` integer class ids; ``-100`` = the position does not count.
+        alpha: weight of TCKD (>= 0). beta: weight of NCKD (>= 0).
+        temperature: T > 0. mask: ``[...]`` booleans, True = the position counts. reduction: ``"mean"`` or ``"sum"``.
+
+    Example::
+
+        >>> s = torch.tensor([[1.0, 0.0, 0.0]]); t = torch.tensor([[1.0, 2.0, 0.0]])
+        >>> # NCKD only: p̂_s = (½, ½), p̂_t = softmax(2, 0) over classes 1, 2
+        >>> round(dkd(s, t, torch.tensor([0]), alpha=0.0, beta=1.0, temperature=1.0).item(), 4)
+        0.3278
+    """
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+    if student_logits.shape[-1] < 2:
+        raise ValueError(f"DKD needs at least 2 classes, got logits of shape {tuple(student_logits.shape)}.")
+    student, teacher, targets = _labelled_rows(student_logits, teacher_logits, labels, mask)
+    log_ps = F.log_softmax(_tempered(student, temperature), dim=-1)
+    log_pt = F.log_softmax(_tempered(teacher, temperature), dim=-1)
+    is_target = F.one_hot(targets, student.shape[-1]).to(torch.bool)
+
+    def binary(log_p: torch.Tensor) -> torch.Tensor:  # [N, 2]: log p(y), log(1 − p(y))
+        target = log_p.gather(-1, targets.unsqueeze(-1))
+        others = torch.logsumexp(log_p.masked_fill(is_target, float("-inf")), dim=-1, keepdim=True)
+        return torch.cat([target, others], dim=-1)
+
+    def non_target(logits: torch.Tensor) -> torch.Tensor:  # [N, C]: log p̂, -inf at the target
+        return F.log_softmax(_tempered(logits, temperature).masked_fill(is_target, float("-inf")), dim=-1)
+
+    tckd = _kl_rows(binary(log_pt), binary(log_ps))
+    nckd = _kl_rows(non_target(teacher), non_target(student))
+    return _reduce(alpha * tckd + beta * nckd, reduction) * temperature**2
+
+
+def pld(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Plackett-Luce Distillation: a confidence-weighted list-wise ranking loss over the classes.
+
+    Per counted position with label ``y``, student logits ``s`` and teacher logits ``t`` over ``C`` classes:
+
+        π = (y, then the other classes in descending order of t)       the "teacher-optimal" ranking
+        α_k = softmax(t / T)[π_k]                                      the teacher's probability of the k-th class
+        loss = Σ_{k=1..C} α_k · ( log Σ_{l=k..C} exp(s[π_l]) − s[π_k] )
+
+    then the mean (or sum) over counted positions. Each term is the Plackett-Luce negative log-likelihood of
+    choosing ``π_k`` among the classes not yet ranked, so ``k = 1`` is ``α_1 · CE(s, y)``; the last term is 0. The
+    loss only depends on differences of the student's logits (translation-invariant) and is convex in them.
+
+    The exact version implemented here (stated because this is our reading of the paper): the weights are the
+    teacher's softmax at temperature T evaluated at the class in each rank, *not* renormalised over the remaining
+    classes and not multiplied by T²; the student's logits are used as they are (no temperature). Ties in the
+    teacher's logits are broken by the lower class index.
+    Paper: Bassam, Zhu & Bian 2025, "PLD: A Choice-Theoretic List-Wise Knowledge Distillation", arXiv:2506.12542.
+
+    Args:
+        student_logits, teacher_logits: ``[..., C]``.
+        labels: ``[...]`` class ids, ``-100`` = the position does not count.
+        temperature: T > 0, sharpens (T < 1) or flattens (T > 1) the teacher's weights.
+        mask, reduction: as in :func:`kl_div`.
+
+    Example::
+
+        >>> s = torch.zeros(1, 3); t = torch.tensor([[0.0, 0.0, 0.0]])
+        >>> round(pld(s, t, torch.tensor([0])).item(), 4)  # (log 3 + log 2 + 0) / 3
+        0.5973
+    """
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    student, teacher, targets = _labelled_rows(student_logits, teacher_logits, labels, mask)
+    # Ranking: the label first (its key is +inf), the other classes by descending teacher logit; a stable sort keeps
+    # the lower index first on ties.
+    keys = teacher.scatter(-1, targets.unsqueeze(-1), float("inf"))
+    order = torch.sort(keys, dim=-1, descending=True, stable=True).indices
+    weights = F.softmax(_tempered(teacher, temperature), dim=-1).gather(-1, order)
+    ranked = student.gather(-1, order)
+    # log Σ_{l >= k} exp(s[π_l]) for every k: a reversed cumulative log-sum-exp.
+    tail_lse = torch.logcumsumexp(ranked.flip(-1), dim=-1).flip(-1)
+    return _reduce((weights * (tail_lse - ranked)).sum(dim=-1), reduction)
+
+
+def hidden_mse(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Mean squared error between hidden states, token by token (FitNets / TinyBERT hidden-state distillation).
+
+    Formula, per position ``i`` (a token of a sequence, a patch of an image) with states ``h_s, h_t`` of width H::
+
+        mean over counted positions i of  (1/H) · Σ_d (h_s[i, d] − h_t[i, d])²
+
+    i.e. the mean over counted positions and features. Project the student first when the widths differ (the
+    ``hidden_mse`` objective learns that projection).
+    Papers: Romero et al. 2015, "FitNets: Hints for Thin Deep Nets", arXiv:1412.6550; Jiao et al. 2020, "TinyBERT:
+    Distilling BERT for Natural Language Understanding", arXiv:1909.10351.
+
+    Args:
+        student_hidden: ``[..., H]`` (e.g. ``[B, L, H]``).
+        teacher_hidden: ``[..., H]``, same shape.
+        mask: ``[...]`` booleans (e.g. ``[B, L]``), True = the position counts.
+        reduction: ``"mean"`` over counted positions, or ``"sum"`` of their per-position means over features.
+
+    Example::
+
+        >>> hidden_mse(torch.tensor([[[1.0, 2.0], [0.0, 0.0]]]), torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])).item()
+        1.0
+    """
+    _check_reduction(reduction)
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(
+            f"student and teacher hidden states must have the same shape, got {tuple(student_hidden.shape)} and "
+            f"{tuple(teacher_hidden.shape)}; when the widths differ, project the student first."
+        )
+    per_position = (student_hidden.float() - teacher_hidden.float()).pow(2).mean(dim=-1)
+    return _masked_reduce(per_position, mask, reduction)
+
+
+def _masked_reduce(per_position: torch.Tensor, mask: torch.Tensor | None, reduction: Reduction) -> torch.Tensor:
+    """Mean (or sum) of ``per_position`` values over the positions where ``mask`` (same shape) is True."""
+    if mask is None:
+        return _reduce(per_position.reshape(-1), reduction)
+    if mask.shape != per_position.shape:
+        raise ValueError(f"`mask` must have shape {tuple(per_position.shape)}, got {tuple(mask.shape)}.")
+    return _reduce(per_position[mask.to(torch.bool)], reduction)
+
+
+def attention_kl(
+    student_attn: torch.Tensor,
+    teacher_attn: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """KL divergence between attention distributions, row by row: ``KL(a_teacher || a_student)``.
+
+    Each query position ``i`` of each head has an attention distribution ``a[i, :]`` over the keys (the softmax
+    the model computed, as returned with ``output_attentions=True``). Formula::
+
+        per query row:  (1/h) · Σ_heads Σ_j a_t[j] · (log a_t[j] − log a_s[j])
+        loss = mean over counted query rows (batch × query positions)
+
+    With different head counts (``h_s ≠ h_t``), each model's heads are first averaged into one distribution per
+    row (still a distribution), then compared. Inputs are probabilities, not scores, so ``log a_s`` is taken of
+    ``max(a_s, eps)``; a teacher probability of 0 (a masked key) contributes 0.
+    Papers: Wang et al. 2020, "MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of
+    Pre-Trained Transformers", arXiv:2002.10957 (KL of the last layer's attentions); TinyBERT (arXiv:1909.10351)
+    distils attention matrices too.
+
+    Args:
+        student_attn: ``[B, h_s, Lq, Lk]``; teacher_attn: ``[B, h_t, Lq, Lk]``.
+        mask: ``[B, Lq]`` booleans, True = the query row counts (e.g. not padding).
+        reduction: ``"mean"`` over counted rows or ``"sum"``.
+
+    Example::
+
+        >>> a = torch.tensor([[[[0.5, 0.5]]]])
+        >>> attention_kl(a, a).item()
+        0.0
+    """
+    _check_reduction(reduction)
+    if student_attn.dim() != 4 or teacher_attn.dim() != 4 or student_attn.shape[0] != teacher_attn.shape[0] or \
+            student_attn.shape[2:] != teacher_attn.shape[2:]:
+        raise ValueError(
+            f"attentions must be [B, heads, Lq, Lk] with the same B, Lq and Lk, got {tuple(student_attn.shape)} and "
+            f"{tuple(teacher_attn.shape)}."
+        )
+    student, teacher = student_attn.float(), teacher_attn.float()
+    if student.shape[1] != teacher.shape[1]:
+        student, teacher = student.mean(dim=1, keepdim=True), teacher.mean(dim=1, keepdim=True)
+    per_row = (torch.xlogy(teacher, teacher) - teacher * student.clamp_min(eps).log()).sum(dim=-1).mean(dim=1)
+    return _masked_reduce(per_row, mask, reduction)
 
 
 def __getattr__(name: str) -> object:

@@ -8,7 +8,7 @@ import torch
 
 from . import losses
 
-__all__ = ["Signals", "SIGNAL_NAMES", "logit_divergence"]
+__all__ = ["Signals", "SIGNAL_NAMES", "FEATURE_PREFIX", "feature_request", "feature_paths", "logit_divergence"]
 
 
 @dataclass
@@ -24,8 +24,14 @@ class Signals:
         labels: ``[...]`` ground-truth targets aligned with ``logits``, ``-100`` = ignore.
         mask: ``[...]`` booleans: the positions ("items") that count. Losses are summed over these and the
             trainer divides by their number over the whole accumulated batch.
+        distillation_logits: ``[B, C]`` a second classification head trained on the teacher: DeiT's distillation
+            token (``DeiTForImageClassificationWithTeacher``, vision task); ``logits`` is then its class-token head.
         hidden_states: tuple of ``[B, L, H]`` per layer (embeddings first), when requested.
         attentions: tuple of ``[B, heads, L, L]`` per layer, when requested.
+        token_mask: ``[B, L]`` booleans, which positions of ``hidden_states`` / ``attentions`` are real tokens (the
+            ``attention_mask``), for tasks whose items are examples; None = every position is real.
+        features: ``{module path: output}`` captured by forward hooks (`hf_distill.hooks.capture_features`) for the
+            objectives that request ``"features:<path>"`` (see `feature_request`).
         embeddings: ``[B, D]`` pooled embeddings (embedding task).
         scores: ``[B, C]`` ranking scores of each query's candidates, the positive first (ranking task).
         batch_scores: ``[B, B·C]`` each query's score against every candidate of the batch, in-batch negatives
@@ -38,8 +44,11 @@ class Signals:
     logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    distillation_logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    token_mask: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] | None = None
     embeddings: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     batch_scores: torch.Tensor | None = None
@@ -67,6 +76,20 @@ class Signals:
 
 
 SIGNAL_NAMES: frozenset[str] = frozenset(f.name for f in fields(Signals))
+
+#: An objective's ``requires`` entry ``"features:<dotted.module.path>"`` asks for that module's output, captured by a
+#: forward hook in each model that has the module, and delivered as ``signals.features[path]``.
+FEATURE_PREFIX = "features:"
+
+
+def feature_request(path: str) -> str:
+    """The ``requires`` entry asking for the output of the module at ``path`` (e.g. ``"vit.encoder.layer.1"``)."""
+    return FEATURE_PREFIX + path
+
+
+def feature_paths(requires: frozenset[str]) -> list[str]:
+    """The module paths requested in ``requires`` (sorted; empty when no objective requests features)."""
+    return sorted(r[len(FEATURE_PREFIX):] for r in requires if r.startswith(FEATURE_PREFIX))
 
 
 def logit_divergence(

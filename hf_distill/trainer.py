@@ -26,6 +26,7 @@ from .cache import ROW_COLUMN, CachedTeacher, RowIdCollator, StaleCacheError, Te
 from .checks import (
     NonFiniteLossError,
     check_dtype_supported,
+    check_image_size,
     check_labels,
     check_models,
     check_output_dir_writable,
@@ -39,6 +40,7 @@ from .config import DistillationConfig
 from .objectives import OBJECTIVES, build_objectives
 from .signals import Signals
 from .tasks import TaskAdapter, base_model_of, resolve_task
+from .tasks.base import unwrap_model
 from .teacher import (
     LiveTeacher,
     NoTeacher,
@@ -488,9 +490,10 @@ class DistillationTrainer(Trainer):
         model = self.model
         with _preserved_random_state():
             batch = self._prepare_inputs(collator(rows))
-            check_positions(base_model_of(model), batch, "student")
-            if self.teacher_model is not None:
-                check_positions(base_model_of(self.teacher_model), batch, "teacher")
+            for role, checked in (("student", model), ("teacher", self.teacher_model)):
+                if checked is not None:
+                    check_positions(base_model_of(unwrap_model(checked)), batch, role)
+                    check_image_size(base_model_of(unwrap_model(checked)), batch, role)
             was_training = model.training
             model.eval()
             try:

@@ -96,3 +96,23 @@ def single_thread():
 
 def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def tiny_vit(hidden: int = 16, layers: int = 2, num_labels: int = 4, seed: int = 0, image_size: int = 8):
+    """A random-config ViT image classifier (patches of 4 pixels: 4 patches + the class token at image size 8)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=image_size, patch_size=4, num_channels=3, hidden_size=hidden,
+                       num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
+                       num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return ViTForImageClassification(config)
+
+
+def image_dataset(n: int, num_labels: int = 4, image_size: int = 8, seed: int = 0) -> Dataset:
+    """``n`` random 3-channel images (``pixel_values``) with random ``labels``."""
+    g = torch.Generator().manual_seed(seed)
+    return Dataset.from_dict({
+        "pixel_values": torch.randn(n, 3, image_size, image_size, generator=g).tolist(),
+        "labels": torch.randint(0, num_labels, (n,), generator=g).tolist(),
+    })

@@ -40,7 +40,7 @@ def test_defaults_and_normalisation(tmp_path):
         ({"objectives": {"name": "kl"}}, r"`objectives` must be a list"),
         ({"objectives": "[{'name': 'kl'}]"}, r"`objectives` given as a string must be JSON"),
         ({"task": "lang"},
-         r"`task` must be one of auto, classification, embedding, language, ranking, got 'lang'. Did"),
+         r"`task` must be one of auto, classification, embedding, language, ranking, vision, got 'lang'. Did"),
         ({"teacher_dtype": "bfloat"}, r"`teacher_dtype` must be one of .* Did you mean 'bfloat16'"),
         ({"teacher_model_init_kwargs": {"dtype": "float16"}}, r"set `teacher_dtype` instead"),
     ],

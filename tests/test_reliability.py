@@ -28,7 +28,16 @@ from hf_distill import DistillationTrainer, checks
 from hf_distill.cache import StaleCacheError, cache_teacher
 from hf_distill.checks import NonFiniteLossError
 from hf_distill.trainer import OBJECTIVES_WEIGHTS_NAME, last_complete_checkpoint
-from tests.helpers import config, lm_dataset, pad_collate, single_thread, tiny_bert_classifier, tiny_gpt2
+from tests.helpers import (
+    config,
+    image_dataset,
+    lm_dataset,
+    pad_collate,
+    single_thread,
+    tiny_bert_classifier,
+    tiny_gpt2,
+    tiny_vit,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 assert single_thread  # imported for its fixture
@@ -266,6 +275,17 @@ BAD_INPUTS = {
                                  objectives=[{"name": "margin_mse"}]),
         "has no negatives"),
     "disk-full-during-save": (_full_disk, "No space left on the device while saving"),
+    "hidden-width-mismatch-without-projection": (
+        _model_case(lambda: tiny_gpt2(layers=1, hidden=16), lambda: tiny_gpt2(layers=2, seed=1),
+                    lambda: lm_dataset([8]), objectives=[{"name": "hidden_mse", "projection": False}]),
+        "`projection` is false"),
+    "feature-module-path-missing": (
+        _model_case(lambda: tiny_vit(), lambda: tiny_vit(seed=1), lambda: image_dataset(2), collator=None,
+                    objectives=[{"name": "feature_mse", "student_module": "vit.layer.1",
+                                 "teacher_module": "vit.layers.1"}]), "Did you mean 'vit.layers.1'"),
+    "image-size-mismatch": (
+        _model_case(lambda: tiny_vit(), lambda: tiny_vit(seed=1), lambda: image_dataset(2, image_size=16),
+                    collator=None), "The training images are 16x16 pixels but the student"),
 }
 
 

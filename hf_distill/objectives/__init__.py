@@ -11,7 +11,7 @@ Importing this package registers the built-in objectives. Register your own with
             ...  # return the sum over student.mask items
 """
 
-from . import embedding, logits, ranking  # noqa: F401  (registers the built-in objectives)
+from . import embedding, features, logits, ranking  # noqa: F401  (registers the built-in objectives)
 from .base import OBJECTIVES, Objective, WeightedObjective, build_objectives, normalize_objective_specs
 
 __all__ = ["OBJECTIVES", "Objective", "WeightedObjective", "build_objectives", "normalize_objective_specs"]

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..registry import Registry, did_you_mean
 from ..schedules import Schedule, parse_schedule
-from ..signals import SIGNAL_NAMES, Signals
+from ..signals import FEATURE_PREFIX, SIGNAL_NAMES, Signals
 
 __all__ = ["Objective", "OBJECTIVES", "WeightedObjective", "build_objectives", "normalize_objective_specs"]
 
@@ -23,7 +23,8 @@ class Objective(nn.Module):
         name: the registry name used in configs and recipes (``kl``, ``ce``, ...).
         requires: the `Signals` fields this objective reads (from the student, and from the teacher when
             ``uses_teacher``). The student is asked for hidden states or attentions only when some objective
-            requires them.
+            requires them. An entry ``"features:<module path>"`` (`hf_distill.signals.feature_request`) asks for that
+            module's output in ``Signals.features``; such objectives set ``requires`` per instance.
         uses_teacher: False for objectives that need only the student and the labels (``ce``).
 
     ``forward(student, teacher)`` returns the **sum** over the batch's counted items (``student.mask``), either
@@ -87,8 +88,8 @@ def normalize_objective_specs(specs: Any) -> list[dict[str, Any]]:
         weight_schedule = parse_schedule(weight, f"{where}.weight")
         for value in weight_schedule.extremes() if weight_schedule else (weight,):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) < float("inf"):
-                raise ValueError(f"{where}.weight must be a finite number >= 0 (or a schedule of them), got "
-                                 f"{weight!r}.")
+                raise ValueError(f"{where}.weight must be a finite number >= 0, got {weight!r}; or a schedule of "
+                                 "such numbers, e.g. {'schedule': 'linear', 'start': 1.0, 'end': 0.0}.")
         if weight_schedule is None:
             spec["weight"] = float(weight)
         cls = OBJECTIVES.get(name)
@@ -101,12 +102,13 @@ def normalize_objective_specs(specs: Any) -> list[dict[str, Any]]:
                 raise ValueError(f"{where}: objective {name!r} has no parameter {key!r}.{hint} Accepted: {allowed}.")
         scheduled = {}
         for key, value in params.items():
-            schedule = parse_schedule(value, f"{where}.{key}")
-            if schedule is not None:
-                if key not in cls.schedulable:
-                    raise ValueError(f"{where}: `{key}` of {name!r} cannot follow a schedule (schedulable: "
-                                     f"{', '.join(cls.schedulable) or 'none'}). Give a number.")
-                scheduled[key] = schedule
+            if key in cls.schedulable:
+                schedule = parse_schedule(value, f"{where}.{key}")
+                if schedule is not None:
+                    scheduled[key] = schedule
+            elif isinstance(value, Mapping) and "schedule" in value:
+                raise ValueError(f"{where}: `{key}` of {name!r} cannot follow a schedule (schedulable: "
+                                 f"{', '.join(cls.schedulable) or 'none'}). Give a fixed value.")
         # The constructor validates values (e.g. temperature > 0): every value a schedule reaches is tried.
         base = {**params, **{k: sched.start for k, sched in scheduled.items()}}
         trials = [base] + [{**base, key: value} for key, sched in scheduled.items() for value in sched.extremes()]
@@ -153,13 +155,14 @@ def build_objectives(specs: list[dict[str, Any]]) -> nn.ModuleList:
         count = seen.get(name, 0)
         seen[name] = count + 1
         key = name if count == 0 else f"{name}_{count}"
-        schedules = {k: parse_schedule(v, k) for k, v in spec.items() if k != "name"}
+        schedulable = ("weight", *OBJECTIVES.get(name).schedulable)
+        schedules = {k: parse_schedule(v, k) for k, v in spec.items() if k in schedulable}
         schedules = {k: v for k, v in schedules.items() if v is not None}
         params = {k: (schedules[k].start if k in schedules else v) for k, v in spec.items() if k not in _SPEC_KEYS}
         weight = schedules["weight"].start if "weight" in schedules else spec["weight"]
         built.append(WeightedObjective(key, weight, OBJECTIVES.get(name)(**params), schedules))
     for item in built:
-        unknown = item.objective.requires - SIGNAL_NAMES
+        unknown = {r for r in item.objective.requires if not r.startswith(FEATURE_PREFIX)} - SIGNAL_NAMES
         if unknown:
             raise ValueError(f"Objective {item.key!r} requires unknown signals {sorted(unknown)}.")
     return built

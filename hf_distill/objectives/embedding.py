@@ -15,11 +15,9 @@ from torch import nn
 from .. import losses
 from ..signals import Signals
 from .base import OBJECTIVES, Objective
+from .projection import check_projection_mode, make_projection
 
 __all__ = ["EmbeddingAlignment", "EmbeddingMSE", "EmbeddingCosine", "EmbeddingL2", "SimilarityKD"]
-
-_PROJECTION_CHOICES = ("auto", True, False)
-
 
 class EmbeddingAlignment(Objective):
     """Row-wise alignment of ``student.embeddings`` ``[B, d_s]`` with ``teacher.embeddings`` ``[B, d_t]``.
@@ -35,28 +33,15 @@ class EmbeddingAlignment(Objective):
 
     def __init__(self, projection: bool | str = "auto") -> None:
         super().__init__()
-        if projection not in _PROJECTION_CHOICES:
-            raise ValueError(f"`projection` must be 'auto', true or false, got {projection!r}.")
-        self.projection_mode = projection
+        self.projection_mode = check_projection_mode(projection)
         self.projection: nn.Linear | None = None
 
     def setup(self, task: Any, student: nn.Module, teacher: nn.Module) -> None:
         width = getattr(task, "embedding_width", None)
         if width is None:
             raise ValueError(f"Objective {self.name!r} needs embeddings; use it with `task='embedding'`.")
-        d_student, d_teacher = width(student), width(teacher)
-        if self.projection_mode is False and d_student != d_teacher:
-            raise ValueError(
-                f"Objective {self.name!r}: the student's embeddings have width {d_student} and the teacher's "
-                f"{d_teacher}, and `projection` is false. Set projection: auto to learn a projection, or use "
-                "`similarity_kd`, which needs none."
-            )
-        if self.projection_mode is True or d_student != d_teacher:
-            self.projection = nn.Linear(d_student, d_teacher)
-            if d_student == d_teacher:
-                with torch.no_grad():
-                    self.projection.weight.copy_(torch.eye(d_student))
-                    self.projection.bias.zero_()
+        self.projection = make_projection(width(student), width(teacher), self.projection_mode, self.name,
+                                          hint=", or use `similarity_kd`, which needs none")
 
     def project(self, embeddings: torch.Tensor) -> torch.Tensor:
         if self.projection is None:

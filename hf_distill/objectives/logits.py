@@ -1,16 +1,21 @@
-"""Logit objectives: ``kl``, ``reverse_kl``, ``jsd`` (teacher vs student distributions) and ``ce`` (labels)."""
+"""Logit objectives: ``kl``, ``reverse_kl``, ``jsd`` (teacher vs student distributions), ``ce`` (labels), ``dkd`` and
+``pld`` (teacher and labels), and ``deit_distill`` (DeiT's distillation head)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 import torch
+from transformers.utils import logging
 
 from .. import losses
 from ..signals import Signals, logit_divergence
 from .base import OBJECTIVES, Objective
 
-__all__ = ["KLObjective", "ReverseKLObjective", "JSDObjective", "CEObjective"]
+logger = logging.get_logger(__name__)
+
+__all__ = ["KLObjective", "ReverseKLObjective", "JSDObjective", "CEObjective", "DKDObjective", "PLDObjective",
+           "DeiTDistillObjective"]
 
 
 def _check_temperature(temperature: float) -> float:
@@ -93,3 +98,105 @@ class CEObjective(Objective):
                 "from `objectives`."
             )
         return losses.ce(student.logits, student.labels, mask=student.mask, reduction="sum")
+
+
+def _check_weight(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def _full_teacher_logits(name: str, teacher: Signals) -> torch.Tensor:
+    if teacher.logits is None:
+        raise ValueError(f"The `{name}` objective needs the teacher's full logits; a top-k teacher cache has only its "
+                         "top-k support. Train with the live teacher (no `teacher_cache`) or use `kl`.")
+    return teacher.logits
+
+
+def _labels(name: str, student: Signals) -> torch.Tensor:
+    if student.labels is None:
+        raise ValueError(f"The `{name}` objective needs the ground-truth labels, but the batch has no `labels`. Add a "
+                         f"`labels` column or remove `{name}` from `objectives`.")
+    return student.labels
+
+
+@OBJECTIVES.register
+class DKDObjective(Objective):
+    """Decoupled KD: ``T² · (alpha · TCKD + beta · NCKD)``, the target-class and non-target-class parts of
+    ``KL(p_teacher || p_student)`` weighted separately (see `losses.dkd`; Zhao et al. 2022, arXiv:2203.08679).
+    Needs labels; positions labelled ``-100`` do not count. Paper defaults: alpha 1, beta 8 (CIFAR-100; beta 0.5
+    and T 1 on ImageNet), T 4."""
+
+    name = "dkd"
+    requires = frozenset({"logits", "labels"})
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.alpha = _check_weight("alpha", alpha)
+        self.beta = _check_weight("beta", beta)
+        self.temperature = _check_temperature(temperature)
+
+    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
+        return losses.dkd(student.logits, _full_teacher_logits(self.name, teacher), _labels(self.name, student),
+                          alpha=self.alpha, beta=self.beta, temperature=self.temperature, mask=student.mask,
+                          reduction="sum")
+
+
+@OBJECTIVES.register
+class PLDObjective(Objective):
+    """Plackett-Luce distillation: the student's list-wise likelihood of the ranking "true label, then the other
+    classes by descending teacher logit", each step weighted by the teacher's probability (temperature T) of the
+    class chosen there (see `losses.pld`; Bassam et al. 2025, arXiv:2506.12542). It contains a weighted CE term, so
+    it is meant to replace ``kl`` + ``ce``. Needs labels."""
+
+    name = "pld"
+    requires = frozenset({"logits", "labels"})
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = _check_temperature(temperature)
+
+    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
+        return losses.pld(student.logits, _full_teacher_logits(self.name, teacher), _labels(self.name, student),
+                          temperature=self.temperature, mask=student.mask, reduction="sum")
+
+
+_DEIT_MODES = ("hard", "soft")
+
+
+@OBJECTIVES.register
+class DeiTDistillObjective(Objective):
+    """DeiT's distillation token: trains the student's distillation head (``Signals.distillation_logits``, from
+    ``DeiTForImageClassificationWithTeacher``) on the teacher, while ``ce`` trains its class-token head on the labels.
+
+    ``mode="hard"`` (DeiT's default, "hard-label distillation"): cross-entropy of the distillation head with the
+    teacher's top-1 class, ``−log softmax(z_dist)[argmax z_teacher]`` (`losses.ce`). ``mode="soft"``: ``T² ·
+    KL(p_teacher || p_dist)`` at temperature T (`losses.kl_div`, or the top-k form with a cached teacher). The paper
+    weights ``ce`` and the distillation term ½ each. Touvron et al. 2021, "Training data-efficient image
+    transformers & distillation through attention", arXiv:2012.12877."""
+
+    name = "deit_distill"
+    requires = frozenset({"logits", "distillation_logits"})
+
+    def __init__(self, mode: str = "hard", temperature: float = 1.0) -> None:
+        super().__init__()
+        if mode not in _DEIT_MODES:
+            raise ValueError(f"`mode` must be 'hard' or 'soft', got {mode!r}.")
+        self.mode = mode
+        self.temperature = _check_temperature(temperature)
+        if mode == "hard" and self.temperature != 1.0:
+            logger.warning(f"`temperature={temperature!r}` has no effect with `mode='hard'` (hard distillation uses "
+                           "the teacher's argmax); remove it or use mode: soft.")
+
+    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
+        if student.distillation_logits is None:
+            raise ValueError(
+                "The `deit_distill` objective trains a distillation head, but the student has none. Use a "
+                "DeiTForImageClassificationWithTeacher student (its output has `distillation_logits`), or `kl` for "
+                "other students."
+            )
+        head = Signals(logits=student.distillation_logits, mask=student.mask)
+        if self.mode == "hard":
+            return losses.ce(head.logits, teacher.top1(), mask=student.mask, reduction="sum")
+        return logit_divergence(head, teacher, "kl", temperature=self.temperature, mask=student.mask,
+                                reduction="sum")

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..hooks import capture_features, has_module
 from ..registry import Registry
-from ..signals import Signals
+from ..signals import Signals, feature_paths
 
-__all__ = ["TaskAdapter", "TASKS", "resolve_task", "base_model_of", "unwrap_model"]
+__all__ = ["TaskAdapter", "TASKS", "resolve_task", "base_model_of", "unwrap_model", "token_mask_of"]
 
 
 def base_model_of(model: nn.Module) -> nn.Module:
     """The model inside a PEFT wrapper (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+def token_mask_of(batch: dict[str, Any]) -> torch.Tensor | None:
+    """``[B, L]`` booleans, the real (not padding) tokens of a text batch: its ``attention_mask``; None if absent."""
+    attention_mask = batch.get("attention_mask")
+    return attention_mask.to(torch.bool) if isinstance(attention_mask, torch.Tensor) else None
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -32,7 +41,20 @@ class TaskAdapter:
     (2) which positions of a batch are the counted "items" (`item_mask`: tokens for language models, examples
     for classifiers), (3) how to run a model and align its outputs as `Signals` (`run`), and (4) which
     evaluation metrics it reports (`eval_sums` / `finalize_eval`).
+
+    Module features: every subclass's `run` is wrapped (`__init_subclass__`) so that, when ``requires`` holds
+    ``"features:<path>"`` entries (`hf_distill.signals.feature_request`), the outputs of the modules at those paths
+    that exist in the model being run are captured by forward hooks (`hf_distill.hooks.capture_features`) during
+    the forward pass and returned in ``Signals.features``. Paths are relative to the model inside DDP / compile /
+    PEFT wrappers. A path that exists in only one of the two models is captured in that one only (objectives check
+    their paths against each model in `setup`). Without feature requests `run` is called as it is.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "_captures_features", False):
+            cls.run = _capturing_features(run)  # type: ignore[method-assign]
 
     name: ClassVar[str] = ""
     #: Whether batches are built from raw dataset rows by this task's collator (then no column is dropped).
@@ -150,6 +172,12 @@ class TaskAdapter:
     def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
         raise NotImplementedError
 
+    def example_inputs(self, model: nn.Module) -> dict[str, Any]:
+        """A tiny batch ``model`` can run (a few token ids by default), used before training to learn the shapes of
+        its hidden states or module features (e.g. to size a projection)."""
+        input_ids = torch.tensor([[1, 2, 3, 4]])
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
     def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per-batch ``{metric: (sum, count)}``; the trainer adds them up over the evaluation set."""
         return {}
@@ -157,6 +185,25 @@ class TaskAdapter:
     def finalize_eval(self, means: dict[str, float]) -> dict[str, float]:
         """Turn the evaluation-set means into the reported metrics (e.g. mean CE → perplexity)."""
         return means
+
+
+def _capturing_features(run: Callable[..., Signals]) -> Callable[..., Signals]:
+    """``run`` that also captures the module features requested in ``requires`` (see `TaskAdapter`)."""
+
+    @functools.wraps(run)
+    def run_with_features(self: TaskAdapter, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]
+                          ) -> Signals:
+        paths = feature_paths(requires)
+        if not paths:
+            return run(self, model, batch, requires)
+        inner = unwrap_model(model)
+        with capture_features(inner, [p for p in paths if has_module(inner, p)]) as features:
+            signals = run(self, model, batch, requires)
+        signals.features = {**(signals.features or {}), **features}
+        return signals
+
+    run_with_features._captures_features = True  # type: ignore[attr-defined]
+    return run_with_features
 
 
 TASKS: Registry[type[TaskAdapter]] = Registry("task")

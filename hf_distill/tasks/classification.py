@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
 from ..signals import Signals, logit_divergence
-from .base import TASKS, TaskAdapter, base_model_of
+from .base import TASKS, TaskAdapter, base_model_of, token_mask_of
 
 __all__ = ["ClassificationTask"]
 
@@ -63,6 +63,7 @@ class ClassificationTask(TaskAdapter):
             mask=self.item_mask(batch),
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
+            token_mask=token_mask_of(batch),
         )
 
     def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -13,7 +13,7 @@ from transformers import AutoModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from ..signals import Signals
-from .base import TASKS, TaskAdapter, base_model_of, unwrap_model
+from .base import TASKS, TaskAdapter, base_model_of, token_mask_of, unwrap_model
 
 __all__ = ["EmbeddingTask", "Pooling", "POOLING_MODES", "pool"]
 
@@ -175,6 +175,7 @@ class EmbeddingTask(TaskAdapter):
             mask=self.item_mask(batch),
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
+            token_mask=token_mask_of(batch),
         )
 
     def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
