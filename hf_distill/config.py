@@ -89,6 +89,15 @@ class DistillationConfig(TrainingArguments):
             "student keeps close to what the base model predicted while it learns, e.g. with `ce` on new data."
         },
     )
+    teacher_ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Self-distillation from a moving average of the student (mean teacher): the teacher starts as a "
+            "copy of the student and after every optimizer step becomes decay * teacher + (1 - decay) * student "
+            "(parameters; buffers are copied), e.g. 0.999. `teacher_model` must then be None. The average is saved "
+            "in checkpoints and next to the student (`ema_teacher.safetensors`), so resuming is exact."
+        },
+    )
     teacher_cache: str | None = field(
         default=None,
         metadata={
@@ -209,6 +218,12 @@ class DistillationConfig(TrainingArguments):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.teacher_ema_decay is not None and (
+            isinstance(self.teacher_ema_decay, bool) or not isinstance(self.teacher_ema_decay, (int, float))
+            or not 0 <= self.teacher_ema_decay < 1
+        ):
+            raise ValueError(f"`teacher_ema_decay` must be a number in [0, 1) (e.g. 0.999), got "
+                             f"{self.teacher_ema_decay!r}.")
         if self.nonfinite_loss not in NONFINITE_POLICIES:
             raise ValueError(
                 f"`nonfinite_loss` must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite_loss!r}."

@@ -6,6 +6,7 @@ objectives turn those into loss terms, and the trainer normalises, sums and logs
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -53,10 +54,12 @@ from .teacher import (
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["DistillationTrainer", "OBJECTIVES_WEIGHTS_NAME", "last_complete_checkpoint"]
+__all__ = ["DistillationTrainer", "OBJECTIVES_WEIGHTS_NAME", "EMA_TEACHER_NAME", "last_complete_checkpoint"]
 
 #: File holding the trainable parameters of the objectives (e.g. projections), next to the student's weights.
 OBJECTIVES_WEIGHTS_NAME = "distill_objectives.safetensors"
+#: File holding a moving-average teacher (`teacher_ema_decay`), in checkpoints and next to the student.
+EMA_TEACHER_NAME = "ema_teacher.safetensors"
 
 
 class DistillationTrainer(Trainer):
@@ -109,11 +112,15 @@ class DistillationTrainer(Trainer):
         if model is None:
             raise ValueError("`model` (the student) is required.")
         scores_column = args.teacher_scores_column
+        ema = args.teacher_ema_decay is not None
+        if ema and (teacher_model is not None or args.teacher_cache or scores_column or args.teacher_is_student_base):
+            raise ValueError("`teacher_ema_decay` makes a moving average of the student the teacher; do not also give "
+                             "`teacher_model`, `teacher_cache`, `teacher_scores_column` or `teacher_is_student_base`.")
         if args.teacher_is_student_base and (teacher_model is not None or args.teacher_cache or scores_column):
             raise ValueError("`teacher_is_student_base` makes the student's own base model the teacher; do not also "
                              "give `teacher_model`, `teacher_cache` or `teacher_scores_column`.")
         if teacher_model is None and scores_column is None and args.teacher_cache is None and \
-                not args.teacher_is_student_base and any(
+                not args.teacher_is_student_base and not ema and any(
             OBJECTIVES.get(spec["name"]).uses_teacher for spec in args.objectives
         ):
             raise ValueError("`teacher_model` is required: a model, a local path or a hub id (or `teacher_cache` in "
@@ -174,7 +181,9 @@ class DistillationTrainer(Trainer):
             except (OSError, ValueError):
                 teacher_tokenizer = None
         teacher = None
-        if teacher_model is not None:
+        if ema:  # the mean teacher starts as an exact copy of the student (PEFT wrapper and all)
+            teacher = freeze_teacher(copy.deepcopy(model))
+        elif teacher_model is not None:
             teacher = freeze_teacher(
                 load_teacher(teacher_model, self.task, args.teacher_dtype, args.teacher_model_init_kwargs)
             )
@@ -228,6 +237,8 @@ class DistillationTrainer(Trainer):
         self.objectives.to(self.args.device)
         if self._objective_parameters():
             self.add_callback(_ZeroObjectiveGradients(self.objectives))
+        if ema:
+            self.add_callback(_MovingAverageTeacher(self))
 
         self._train_parts: dict[str, torch.Tensor] = {}
         self._train_parts_since = 0
@@ -561,6 +572,8 @@ class DistillationTrainer(Trainer):
             if tensors:
                 save_file(tensors, os.path.join(staging, OBJECTIVES_WEIGHTS_NAME))
             self.task.save_extras(staging, self.accelerator.unwrap_model(self.model), self.objectives)
+            if self.args.teacher_ema_decay is not None:
+                save_file(_state_tensors(self.teacher_model), os.path.join(staging, EMA_TEACHER_NAME))
 
         save_atomically(output_dir or self.args.output_dir, write,
                         last=("adapter_config.json", "modules.json", "config.json"))
@@ -570,6 +583,12 @@ class DistillationTrainer(Trainer):
         path = os.path.join(resume_from_checkpoint, OBJECTIVES_WEIGHTS_NAME)
         if os.path.isfile(path):
             self.objectives.load_state_dict(load_file(path, device=str(self.args.device)))
+        if self.args.teacher_ema_decay is not None:
+            path = os.path.join(resume_from_checkpoint, EMA_TEACHER_NAME)
+            if not os.path.isfile(path):
+                raise ValueError(f"{resume_from_checkpoint!r} has no {EMA_TEACHER_NAME}: it was not written by a run "
+                                 "with `teacher_ema_decay`, so the moving-average teacher cannot be restored.")
+            unwrap_model(self.teacher_model).load_state_dict(load_file(path, device=str(self.args.device)))
 
     # ---- logging ---------------------------------------------------------------------------------------------------
 
@@ -745,6 +764,30 @@ def _preserved_random_state() -> Any:
         torch.set_rng_state(torch_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A model's state dict as separate contiguous CPU tensors (safetensors refuses tensors that share memory, as
+    tied embeddings do; loading fills both names again)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
+
+
+class _MovingAverageTeacher(TrainerCallback):
+    """After each optimizer step: teacher ← decay · teacher + (1 − decay) · student for every parameter (a
+    `torch.lerp`), buffers copied; no gradients. Every process does the same update on the same weights."""
+
+    def __init__(self, trainer: DistillationTrainer) -> None:
+        self.trainer = trainer
+
+    @torch.no_grad()
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        decay = self.trainer.args.teacher_ema_decay
+        teacher = dict(unwrap_model(self.trainer.teacher_model).named_parameters())
+        for name, param in unwrap_model(self.trainer.accelerator.unwrap_model(self.trainer.model)).named_parameters():
+            teacher[name].lerp_(param.detach().to(teacher[name].dtype), 1.0 - decay)
+        teacher_buffers = dict(unwrap_model(self.trainer.teacher_model).named_buffers())
+        for name, buffer in unwrap_model(self.trainer.accelerator.unwrap_model(self.trainer.model)).named_buffers():
+            teacher_buffers[name].copy_(buffer)
 
 
 class _ZeroObjectiveGradients(TrainerCallback):
