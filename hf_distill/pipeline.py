@@ -44,7 +44,10 @@ def _resolve_task(recipe: Recipe) -> str:
 
     if "config" in recipe["teacher"]:
         raise RecipeError(["`task`: a teacher built from `teacher.config` needs an explicit `task:`."])
-    reference = resolve_model_reference(recipe["teacher"]["model"], recipe)
+    if "ema_of_student" in recipe["teacher"] and "model" not in recipe["student"]:
+        raise RecipeError(["`task`: a moving-average teacher of a `student.config` needs an explicit `task:`."])
+    model = recipe["student"]["model"] if "ema_of_student" in recipe["teacher"] else recipe["teacher"]["model"]
+    reference = resolve_model_reference(model, recipe)
     with remote_code_guard(reference, _TRUST_FIX):
         config = AutoConfig.from_pretrained(reference, trust_remote_code=_trusts_remote_code(recipe))
     architecture = (getattr(config, "architectures", None) or [""])[0]
@@ -239,7 +242,9 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     out = recipe.output_dir
 
     teacher_spec = recipe["teacher"]
-    teacher_ref = resolve_model_reference(teacher_spec["model"], recipe) if "model" in teacher_spec else None
+    ema = "ema_of_student" in teacher_spec  # the teacher is the student's moving average: the student's model decides
+    model_spec = recipe["student"] if ema else teacher_spec
+    teacher_ref = resolve_model_reference(model_spec["model"], recipe) if "model" in model_spec else None
     tokenizer_ref = resolve_model_reference(recipe["tokenizer"], recipe) if recipe["tokenizer"] else teacher_ref
     trust = _trusts_remote_code(recipe)
     if teacher_ref is not None:  # before the tokenizer: a refused config explains itself best
@@ -250,7 +255,7 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if teacher_ref is None:
-        teacher_config = _config_from_spec(teacher_spec["config"], tokenizer)
+        teacher_config = _config_from_spec(model_spec["config"], tokenizer)
     adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
     causal = getattr(adapter, "causal", False)
     model_kwargs: dict[str, Any] = dict(teacher_spec.get("init_kwargs") or {})
@@ -261,7 +266,9 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     data = _tokenize(raw, tokenizer, task_name, causal, recipe)
     collator = _collator(task_name, causal, tokenizer)
     torch.manual_seed(config.seed)
-    if teacher_ref is not None:
+    if ema:
+        teacher = None  # the trainer makes it: a copy of the student, then its moving average
+    elif teacher_ref is not None:
         teacher = adapter.load_model(teacher_ref, **model_kwargs)
     else:
         teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer, **model_kwargs))
@@ -349,6 +356,8 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
         model=student, teacher_model=None if config.teacher_scores_column else teacher, args=config,
         train_dataset=data["train"], eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer,
     )
+    if teacher is None:  # a moving-average teacher: the report compares the student with it
+        teacher = trainer.teacher_model
     before = _task_metrics(trainer, task_name, recipe) if task_name == "embedding" else {}
     if task_name == "ranking" and "eval" in data:
         before = {k: v for k, v in trainer.evaluate().items() if k in ("eval_mrr@10", "eval_ndcg@10")}
@@ -367,7 +376,10 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
 
     # 5. Report.
     teacher_spec = recipe["teacher"]
-    teacher_name = str(teacher_spec.get("model") or f"{out / 'teacher'} (trained from teacher.config)")
+    if "ema_of_student" in teacher_spec:
+        teacher_name = f"moving average of the student (decay {teacher_spec['ema_of_student']['decay']})"
+    else:
+        teacher_name = str(teacher_spec.get("model") or f"{out / 'teacher'} (trained from teacher.config)")
     report = _report(trainer, teacher, task_name, metrics, data.get("eval", data["train"]), teacher_name, echo)
     echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
     if hub.get("push"):
@@ -419,18 +431,30 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
     data = _tokenize({"eval": raw["eval"]}, tokenizer, task_name, causal, recipe)
     collator = _collator(task_name, causal, tokenizer)
     teacher_dir = out / "teacher"
-    if (teacher_dir / "config.json").is_file():
+    if "ema_of_student" in recipe["teacher"]:
+        teacher_ref = None  # the trainer copies the student; the saved moving average is loaded into it below
+    elif (teacher_dir / "config.json").is_file():
         teacher_ref = str(teacher_dir)
     else:
         teacher_ref = resolve_model_reference(recipe["teacher"]["model"], recipe)
     config = build_config(recipe, task=task_name, output_dir=str(out))
     config.teacher_scores_column = None  # evaluation runs the teacher itself, so its metrics are reported too
+    if teacher_ref is None:
+        from safetensors.torch import load_file
+
+        from .trainer import EMA_TEACHER_NAME
+
+        if not (out / EMA_TEACHER_NAME).is_file():
+            raise RecipeError([f"{str(out)!r} has no {EMA_TEACHER_NAME}: the moving-average teacher was not saved."])
     trainer = DistillationTrainer(model=str(out), teacher_model=teacher_ref, args=config,
                                   eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer)
+    if teacher_ref is None:
+        trainer.teacher_model.load_state_dict(load_file(out / EMA_TEACHER_NAME, device=str(config.device)))
     metrics = trainer.evaluate()
     if task_name == "embedding":
         metrics.update(_task_metrics(trainer, task_name, recipe))
-    report = _report(trainer, trainer.teacher_model, task_name, metrics, data["eval"], teacher_ref, echo)
+    report = _report(trainer, trainer.teacher_model, task_name, metrics, data["eval"],
+                     teacher_ref or "moving average of the student", echo)
     return report
 
 

