@@ -40,6 +40,7 @@ __all__ = [
     "similarity_kd",
     "dkd",
     "pld",
+    "adaptive_kd",
     "hidden_mse",
     "attention_kl",
 ]
@@ -714,6 +715,64 @@ def dkd(
     tckd = _kl_rows(binary(log_pt), binary(log_ps))
     nckd = _kl_rows(non_target(teacher), non_target(student))
     return _reduce(alpha * tckd + beta * nckd, reduction) * temperature**2
+
+
+ADAPTIVE_RULES = ("confidence", "correctness")
+
+
+def adaptive_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    rule: str = "confidence",
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """KD and CE mixed per sample by how far the teacher can be trusted on that sample.
+
+    Per counted position with label ``y``:
+
+        α = p_teacher(y)                           rule "confidence": the teacher's probability of the true label
+                                                   at T = 1 (no gradient)
+        α = 1 if argmax p_teacher = y, else 0      rule "correctness"
+        loss = α · T² · KL(p_teacher^T || p_student^T) + (1 − α) · CE(student, y)
+
+    with ``p^T = softmax(logits / T)`` and ``CE = −log softmax(student_logits)[y]`` (at T = 1); then the mean (or
+    sum) over counted positions. Where the teacher is right and sure the student imitates it; where it is wrong or
+    unsure the student learns from the label. The rule is ours: a closed-form stand-in for the sample-wise balance
+    that Hu et al. learn with a small network from the student-teacher-label geometry ("Less or More From Teacher:
+    Exploiting Trilateral Geometry for Knowledge Distillation", ICLR 2024, arXiv:2312.15112); weighting by the
+    teacher's gold-label confidence follows CA-MKD (Zhang et al. 2022, "Confidence-Aware Multi-Teacher Knowledge
+    Distillation", arXiv:2201.00007), which weighs teachers by it.
+
+    Args:
+        student_logits: ``[..., C]``. teacher_logits: ``[..., C]``, same shape.
+        labels: ``[...]`` class ids; ``-100`` = the position does not count.
+        temperature: T > 0 for the KL part. rule: ``"confidence"`` or ``"correctness"``.
+        mask: ``[...]`` booleans, True = counts. reduction: ``"mean"`` or ``"sum"``.
+
+    Example::
+
+        >>> s = torch.tensor([[0.0, 0.0]]); t = torch.tensor([[0.0, 0.0]])  # α = ½, KL = 0, CE = log 2
+        >>> round(adaptive_kd(s, t, torch.tensor([1])).item(), 4)
+        0.3466
+    """
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    if rule not in ADAPTIVE_RULES:
+        raise ValueError(f"`rule` must be one of {', '.join(ADAPTIVE_RULES)}, got {rule!r}.")
+    student, teacher, targets = _labelled_rows(student_logits, teacher_logits, labels, mask)
+    log_pt1 = F.log_softmax(teacher, dim=-1)
+    if rule == "confidence":
+        alpha = log_pt1.gather(-1, targets.unsqueeze(-1)).squeeze(-1).exp()
+    else:
+        alpha = (log_pt1.argmax(-1) == targets).float()
+    alpha = alpha.detach()
+    kd = _kl_rows(F.log_softmax(_tempered(teacher, temperature), dim=-1),
+                  F.log_softmax(_tempered(student, temperature), dim=-1)) * temperature**2
+    cross_entropy = -F.log_softmax(student, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return _reduce(alpha * kd + (1.0 - alpha) * cross_entropy, reduction)
 
 
 def pld(

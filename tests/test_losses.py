@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_distill import losses
 from hf_distill.losses import ce, embedding_cosine, embedding_mse, jsd, kl_div, margin_mse, reverse_kl
 from tests.helpers import generator, single_thread  # noqa: F401  (fixture)
 
@@ -868,3 +869,43 @@ def test_invalid_reduction_raises(kind, beta):
         _call(kind, beta, s, s, reduction="none")
     with pytest.raises(ValueError, match="reduction"):
         ce(s, torch.zeros(2, dtype=torch.long), reduction="batchmean")
+
+
+# ---- adaptive_kd: KD and CE mixed per sample by the teacher's confidence / correctness ------------------------------
+
+
+def test_adaptive_kd_confidence_mixes_kd_and_ce_by_the_teachers_gold_probability():
+    s = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    t = torch.tensor([[1.0, 3.0, 0.0], [0.0, 0.0, 2.0]])
+    y = torch.tensor([1, 0])
+    temperature = 2.0
+    expected = []
+    for row in range(2):
+        alpha = torch.softmax(t[row], -1)[y[row]]
+        p_t = torch.softmax(t[row] / temperature, -1)
+        kd = (p_t * (p_t.log() - torch.log_softmax(s[row] / temperature, -1))).sum() * temperature**2
+        cross_entropy = -torch.log_softmax(s[row], -1)[y[row]]
+        expected.append(alpha * kd + (1 - alpha) * cross_entropy)
+    got = losses.adaptive_kd(s, t, y, temperature=temperature)
+    torch.testing.assert_close(got, torch.stack(expected).mean())
+    torch.testing.assert_close(losses.adaptive_kd(s, t, y, temperature=temperature, reduction="sum"),
+                               torch.stack(expected).sum())
+
+
+def test_adaptive_kd_correctness_is_pure_kd_where_right_and_pure_ce_where_wrong():
+    s = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    t = torch.tensor([[1.0, 3.0, 0.0], [0.0, 0.0, 2.0]])  # right on row 0 (label 1), wrong on row 1 (label 0)
+    y = torch.tensor([1, 0])
+    got = losses.adaptive_kd(s, t, y, rule="correctness", reduction="sum")
+    expected = losses.kl_div(s[:1], t[:1], reduction="sum") + losses.ce(s[1:], y[1:], reduction="sum")
+    torch.testing.assert_close(got, expected)
+
+
+def test_adaptive_kd_ignores_masked_positions_and_rejects_bad_rules():
+    s, t = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(0)), torch.randn(2, 4, 5)
+    y = torch.tensor([[1, 2, -100, 0], [4, -100, -100, 3]])
+    keep = y != -100
+    torch.testing.assert_close(losses.adaptive_kd(s, t, y), losses.adaptive_kd(s[keep], t[keep], y[keep]))
+    assert losses.adaptive_kd(s, s, torch.full((2, 4), -100)).item() == 0.0
+    with pytest.raises(ValueError, match="`rule` must be one of confidence, correctness"):
+        losses.adaptive_kd(s, t, y, rule="trust")

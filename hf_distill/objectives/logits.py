@@ -15,7 +15,7 @@ from .base import OBJECTIVES, Objective
 logger = logging.get_logger(__name__)
 
 __all__ = ["KLObjective", "ReverseKLObjective", "JSDObjective", "CEObjective", "DKDObjective", "PLDObjective",
-           "DeiTDistillObjective"]
+           "AdaptiveKDObjective", "DeiTDistillObjective"]
 
 
 def _check_temperature(temperature: float) -> float:
@@ -140,6 +140,30 @@ class DKDObjective(Objective):
         return losses.dkd(student.logits, _full_teacher_logits(self.name, teacher), _labels(self.name, student),
                           alpha=self.alpha, beta=self.beta, temperature=self.temperature, mask=student.mask,
                           reduction="sum")
+
+
+@OBJECTIVES.register
+class AdaptiveKDObjective(Objective):
+    """KD and CE mixed per sample: ``α · T² · KL(p_teacher || p_student) + (1 − α) · CE``, with ``α`` the teacher's
+    probability of the true label (``rule: confidence``) or 1/0 for a right/wrong teacher (``rule: correctness``)
+    (see `losses.adaptive_kd`). It holds both terms, so it replaces ``kl`` + ``ce``. Needs labels; full teacher
+    logits."""
+
+    name = "adaptive_kd"
+    requires = frozenset({"logits", "labels"})
+    schedulable = ("temperature",)
+
+    def __init__(self, temperature: float = 1.0, rule: str = "confidence") -> None:
+        super().__init__()
+        self.temperature = _check_temperature(temperature)
+        if rule not in losses.ADAPTIVE_RULES:
+            raise ValueError(f"`rule` must be one of {', '.join(losses.ADAPTIVE_RULES)}, got {rule!r}.")
+        self.rule = rule
+
+    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
+        return losses.adaptive_kd(student.logits, _full_teacher_logits(self.name, teacher),
+                                  _labels(self.name, student), temperature=self.temperature, rule=self.rule,
+                                  mask=student.mask, reduction="sum")
 
 
 @OBJECTIVES.register
