@@ -237,10 +237,11 @@ def _load_config(reference: str, option: str) -> Any:
 
     try:
         return AutoConfig.from_pretrained(reference)
-    except Exception as err:  # OSError, ValueError, EnvironmentError...: the user needs the option and the fix
-        raise PlanError(f"`{option}`: cannot load a model config from {reference!r} ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}). Give a local model folder or a Hub id "
-                        "that is available offline (e.g. the folder of a saved model).") from None
+    except Exception as err:  # OSError, ValueError, ...: the user needs the option and the fix
+        where = "" if Path(reference).exists() else " (no such local folder; as a Hub id it could not be loaded)"
+        raise PlanError(f"`{option}`: cannot load a model config from {reference!r}{where}: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''} Give a model folder (config.json and weights) "
+                        "or a Hub id that is downloaded or reachable.") from None
 
 
 def _load_teacher(reference: str, config: Any, task: str | None, option: str, **kwargs: Any) -> nn.Module:
