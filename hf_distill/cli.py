@@ -269,14 +269,21 @@ def _plan(args: argparse.Namespace) -> None:
     import datasets
     from transformers.utils import logging
 
-    logging.disable_progress_bar()  # loading, saving and map bars would bury the progress lines
+    # Loading, saving and map bars would bury the progress lines; restored after (main() may run in-process).
+    bars = logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    logging.disable_progress_bar()
     datasets.disable_progress_bars()
-
-    plan = plan_students(
-        args.teacher, layers, widths, task=args.task or "auto", batch_size=args.batch_size, seq_len=args.seq_len,
-        repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
-        quick_distill=args.quick_distill, recipe=recipe, eval_samples=args.eval_samples, echo=echo,
-    )
+    try:
+        plan = plan_students(
+            args.teacher, layers, widths, task=args.task or "auto", batch_size=args.batch_size, seq_len=args.seq_len,
+            repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
+            quick_distill=args.quick_distill, recipe=recipe, eval_samples=args.eval_samples, echo=echo,
+        )
+    finally:
+        if bars[0]:
+            logging.enable_progress_bar()
+        if bars[1]:
+            datasets.enable_progress_bars()
     if args.json == "-":
         print(plan.to_json())
         return

