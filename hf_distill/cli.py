@@ -1,5 +1,6 @@
-"""The ``hf-distill`` command: ``train``, ``cache-teacher``, ``evaluate``, ``push`` and ``recipes``. Help texts come
-from the recipe schema and the ``metadata["help"]`` of `DistillationConfig`'s fields, so they are written once."""
+"""The ``hf-distill`` command: ``train``, ``cache-teacher``, ``evaluate``, ``push``, ``plan`` and ``recipes``. Help
+texts come from the recipe schema and the ``metadata["help"]`` of `DistillationConfig`'s fields, so they are written
+once."""
 
 from __future__ import annotations
 
@@ -135,6 +136,60 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--dry-run", action="store_true",
                       help="Print the files that would be uploaded and the model card; no network call.")
 
+    plan = sub.add_parser(
+        "plan",
+        help="Measure candidate students (layer subsets of the teacher) on this machine: parameters, size, latency, "
+        "speed-up, and optionally fidelity after a few distillation steps (docs/plan.md).",
+        description=textwrap.fill(
+            "For each candidate student (the teacher's evenly spread layers, copied as `train` would; optionally "
+            "narrower, randomly initialised models) print the parameters, the size of its safetensors file, the "
+            "latency of one forward pass on a typical batch measured here (median of --repeats passes after "
+            "--warmup, all models timed in turns, a fixed thread count) and the speed-up over the teacher, measured "
+            "in the same run. --quick-distill N also distils each candidate for N steps with a recipe's data and "
+            "objectives and prints its fidelity to the teacher before and after. A table, or JSON with --json. See "
+            "docs/plan.md.", width=100),
+        epilog="examples:\n"
+        "  hf-distill plan --teacher sentence-transformers/all-MiniLM-L6-v2 --layers 2,3,4\n"
+        "  hf-distill plan --recipe quickstart --quick-distill 20            # the recipe's teacher, data, objectives\n"
+        "  hf-distill plan --teacher runs/my-teacher --widths 1,0.5 --json plan.json\n"
+        "  hf-distill plan --teacher bert-base-uncased --batch-size 8 --seq-len 256 --threads 4 --json -",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument("--teacher", help="The teacher: a model folder, a Hub id or package:<name> (default: the "
+                      "recipe's teacher.model).")
+    plan.add_argument("--recipe", help="A recipe file or shipped recipe name: its task and teacher, and for "
+                      "--quick-distill its data, objectives and training arguments.")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                      help="Override a value of --recipe (parsed as YAML), e.g. --set training.learning_rate=1e-4.")
+    plan.add_argument("--task", help="How the teacher is loaded and evaluated: language, classification, embedding, "
+                      "ranking (default: the recipe's, else detected from the teacher's architecture).")
+    plan.add_argument("--layers", metavar="K,K,...", help="Student layer counts, each keeping K evenly spread teacher "
+                      "layers (first and last kept), e.g. 2,3,4 (default: about 2/3, 1/2, 1/3 and 1/4 of the "
+                      "teacher's layers).")
+    plan.add_argument("--widths", metavar="W,W,...", default="1", help="Fractions of the teacher's width, e.g. 1,0.5 "
+                      "(default 1). Below 1 the student has fewer attention heads and cannot copy the teacher's "
+                      "weights: it is randomly initialised and gets no --quick-distill.")
+    plan.add_argument("--batch-size", type=int, metavar="N", default=32,
+                      help="Sequences in the timed batch (default 32).")
+    plan.add_argument("--seq-len", type=int, metavar="N", default=128,
+                      help="Tokens per sequence in the timed batch (default 128).")
+    plan.add_argument("--repeats", type=int, metavar="N", default=5,
+                      help="Timed forward passes per model; the median is reported (default 5).")
+    plan.add_argument("--warmup", type=int, metavar="N", default=1,
+                      help="Untimed forward passes per model first (default 1).")
+    plan.add_argument("--threads", type=int, metavar="N",
+                      help="torch threads while timing (default: torch's, usually the number of cores).")
+    plan.add_argument("--device", default="cpu",
+                      help="Where the models are timed: cpu, cuda, cuda:1, ... (default cpu).")
+    plan.add_argument("--quick-distill", type=int, default=0, metavar="N",
+                      help="Also distil each layer-subset candidate for N steps with --recipe and print its fidelity "
+                      "to the teacher before and after (default 0: skip).")
+    plan.add_argument("--eval-samples", type=int, metavar="N", default=128,
+                      help="Evaluation examples for --quick-distill's fidelity (default 128; the recipe's "
+                      "max_eval_samples if smaller).")
+    plan.add_argument("--json", metavar="PATH", help="Also write the plan as JSON to PATH; `-` prints the JSON "
+                      "instead of the table.")
+
     sub.add_parser("recipes", help="List the shipped recipes with a one-line description each.",
                    description="List the shipped recipes with a one-line description each.")
     return parser
@@ -168,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_output_dir(args.target)
         elif args.command == "push":
             _push(args)
+        elif args.command == "plan":
+            _plan(args)
     except RecipeError as err:
         print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -187,6 +244,55 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-distill {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     return 0
+
+
+def _plan(args: argparse.Namespace) -> None:
+    """``hf-distill plan``: options are checked (and the recipe validated) before any model loads. Progress goes to
+    stderr, the table (or the JSON of ``--json -``) to stdout."""
+    from pathlib import Path
+
+    from .plan import PlanError, format_plan, parse_float_list, parse_int_list, plan_students
+
+    if args.teacher is None and args.recipe is None:
+        raise PlanError("`--teacher` is required (a model folder, Hub id or package:<name>), or give --recipe to use "
+                        "its teacher, e.g. hf-distill plan --teacher sentence-transformers/all-MiniLM-L6-v2.")
+    if args.overrides and args.recipe is None:
+        raise PlanError(f"`--set` {args.overrides[0]!r} changes a recipe, but no --recipe is given; add --recipe.")
+    if args.json not in (None, "-") and not Path(args.json).resolve().parent.is_dir():
+        raise PlanError(f"`--json`: the folder of {args.json!r} does not exist; create it or choose another path.")
+    layers = parse_int_list(args.layers, "--layers") if args.layers is not None else None
+    widths = parse_float_list(args.widths, "--widths")
+    recipe = load_recipe(find_recipe(args.recipe), args.overrides) if args.recipe else None
+
+    def echo(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    import datasets
+    from transformers.utils import logging
+
+    # Loading, saving and map bars would bury the progress lines; restored after (main() may run in-process).
+    bars = logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        plan = plan_students(
+            args.teacher, layers, widths, task=args.task or "auto", batch_size=args.batch_size, seq_len=args.seq_len,
+            repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
+            quick_distill=args.quick_distill, recipe=recipe, eval_samples=args.eval_samples, echo=echo,
+        )
+    finally:
+        if bars[0]:
+            logging.enable_progress_bar()
+        if bars[1]:
+            datasets.enable_progress_bars()
+    if args.json == "-":
+        print(plan.to_json())
+        return
+    if args.json:
+        Path(args.json).write_text(plan.to_json() + "\n")
+    print(format_plan(plan))
+    if args.json:
+        print(f"JSON written to {args.json}")
 
 
 _PUSH_KEYS = {"repo_id": "--repo-id", "base_model": "--base-model", "cache_repo_id": "--cache-repo-id",

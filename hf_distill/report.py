@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["measure_latency", "model_size_mb", "build_report", "format_report", "write_report"]
+__all__ = ["forward_times", "measure_latency", "model_size_mb", "build_report", "format_report", "write_report"]
 
 # The task metric the report shows, from `trainer.evaluate()`: (student key, teacher key, higher is better).
 _TASK_METRICS = {
@@ -34,7 +34,43 @@ def model_size_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6
 
 
-@torch.no_grad()
+def forward_times(
+    models: list[nn.Module], inputs: list[dict[str, torch.Tensor]], repeats: int = 5, warmup: int = 1
+) -> list[list[float]]:
+    """Seconds of each of ``repeats`` forward passes of every model on its inputs (``inputs[i]`` for
+    ``models[i]``), in eval mode under `torch.inference_mode`, after ``warmup`` untimed passes each.
+
+    The models are timed in turns (model 0, model 1, ..., model 0, ...) so that a change in machine load affects
+    all of them alike; CUDA work is synchronised before and after each timed pass. Train/eval modes are restored.
+    """
+    modes = [m.training for m in models]
+    placed = []
+    for model, model_inputs in zip(models, inputs, strict=True):
+        model.eval()
+        device = next(model.parameters()).device
+        placed.append((device, {k: v.to(device) for k, v in model_inputs.items()}))
+    times: list[list[float]] = [[] for _ in models]
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                for model, (_, model_inputs) in zip(models, placed, strict=True):
+                    model(**model_inputs)
+            for _ in range(repeats):
+                for i, model in enumerate(models):
+                    device, model_inputs = placed[i]
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    start = time.perf_counter()
+                    model(**model_inputs)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    times[i].append(time.perf_counter() - start)
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+    return times
+
+
 def measure_latency(
     models: list[nn.Module], batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]], repeats: int = 5
 ) -> list[float]:
@@ -42,30 +78,10 @@ def measure_latency(
     ``batch`` may be a list with one batch per model (models whose inputs differ, e.g. a bi- and a cross-encoder).
 
     The models are timed in turns (teacher, student, teacher, ...) so that a change in machine load affects
-    all of them alike.
+    all of them alike (`forward_times`).
     """
-    modes = [m.training for m in models]
     batches = batch if isinstance(batch, list) else [batch] * len(models)
-    inputs = []
-    for model, model_batch in zip(models, batches, strict=True):
-        model.eval()
-        device = next(model.parameters()).device
-        inputs.append({k: v.to(device) for k, v in model_batch.items()})
-        model(**inputs[-1])
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(repeats):
-        for i, model in enumerate(models):
-            device = next(model.parameters()).device
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(**inputs[i])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[i].append(time.perf_counter() - start)
-    for model, mode in zip(models, modes, strict=True):
-        model.train(mode)
-    return [statistics.median(t) for t in times]
+    return [statistics.median(t) for t in forward_times(models, batches, repeats=repeats)]
 
 
 def _device_name(model: nn.Module) -> str:
