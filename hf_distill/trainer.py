@@ -316,8 +316,10 @@ class DistillationTrainer(Trainer):
 
     @staticmethod
     def _ensemble_weights(args: DistillationConfig, count: int) -> list[float]:
-        """Each teacher's share, summing to 1 (equal when `teacher_weights` is unset)."""
-        weights = args.teacher_weights or [1.0] * count
+        """Each teacher's share, summing to 1 (equal when `teacher_weights` is unset, or does not apply: no teacher
+        model, a moving-average teacher)."""
+        given = args.teacher_weights
+        weights = given if given is not None and len(given) == count else [1.0] * count
         total = sum(weights)
         return [w / total for w in weights]
 

@@ -189,6 +189,10 @@ def test_options_for_several_teachers_warn_with_one(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         _trainer(tmp_path, tiny_gpt2(2), teacher_combine="logits")
     assert "`teacher_combine` only apply to several teachers" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a weight for a teacher that is not a model: warned, not a crash
+        trainer = DistillationTrainer(model=tiny_gpt2(1), args=config(tmp_path, objectives=["ce"], teacher_weights=[1]))
+    assert "`teacher_weights` only apply to several teachers" in caplog.text and trainer.teacher_models == []
 
 
 def _bert(hidden: int, seed: int) -> BertModel:
