@@ -14,6 +14,7 @@ from transformers import TrainingArguments
 from .checks import NONFINITE_POLICIES
 from .objectives import normalize_objective_specs
 from .registry import did_you_mean
+from .signals import TEACHER_COMBINE_MODES
 from .tasks import TASKS
 
 __all__ = ["DistillationConfig", "TEACHER_DTYPES"]
@@ -107,6 +108,33 @@ class DistillationConfig(TrainingArguments):
             "with (its weights are checked). Datasets are matched to the cached splits by content; evaluation data "
             "that was not cached uses the live teacher when there is one, else is evaluated without teacher "
             "signals. See docs/cache.md."
+        },
+    )
+    teacher_weights: list[float] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Several teachers (`teacher_model` a list): one weight per teacher, numbers >= 0 with a positive "
+            "sum, normalised to sum to 1, e.g. [0.7, 0.3] (a JSON string is accepted too); unset = equal weights. A "
+            "teacher of weight 0 is loaded and checked but not run. See docs/multi-teacher.md."
+        },
+    )
+    teacher_combine: str = field(
+        default="probs",
+        metadata={
+            "help": "Several teachers: how their logits become one teacher's. 'probs' (default): the logits of the "
+            "weighted mixture of their distributions, T * log(sum_k w_k softmax(z_k / T)) with T = "
+            "`teacher_mix_temperature`; 'logits': the weighted mean of their logits. Embeddings, scores and hidden "
+            "states are always averaged with the weights (embeddings of different widths are concatenated)."
+        },
+    )
+    teacher_mix_temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "Several teachers, teacher_combine='probs': the temperature T at which the teachers' "
+            "distributions are mixed, so that an objective at temperature T sees exactly the mixture of their "
+            "softmax(z_k / T). Unset = the `temperature` of the objectives that read the teacher's logits when they "
+            "share one fixed value, else 1.0 (with a warning: an objective at another temperature tempers the "
+            "mixture instead)."
         },
     )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
@@ -224,6 +252,28 @@ class DistillationConfig(TrainingArguments):
         ):
             raise ValueError(f"`teacher_ema_decay` must be a number in [0, 1) (e.g. 0.999), got "
                              f"{self.teacher_ema_decay!r}.")
+        self.teacher_weights = _from_json(self.teacher_weights, "teacher_weights", "[0.7, 0.3]")
+        if self.teacher_weights is not None:
+            weights = self.teacher_weights
+            numbers = isinstance(weights, (list, tuple)) and len(weights) > 0 and all(
+                not isinstance(w, bool) and isinstance(w, (int, float)) and 0 <= w < float("inf") for w in weights
+            )
+            if not numbers or not sum(weights) > 0:
+                raise ValueError(f"`teacher_weights` must be a non-empty list of finite numbers >= 0 with a positive "
+                                 f"sum, one per teacher, got {weights!r}; e.g. [0.7, 0.3] (or unset for equal "
+                                 "weights).")
+            self.teacher_weights = [float(w) for w in weights]
+        if self.teacher_combine not in TEACHER_COMBINE_MODES:
+            raise ValueError(
+                f"`teacher_combine` must be one of {', '.join(TEACHER_COMBINE_MODES)}, got {self.teacher_combine!r}."
+                f"{did_you_mean(str(self.teacher_combine), TEACHER_COMBINE_MODES)}"
+            )
+        if self.teacher_mix_temperature is not None and (
+            isinstance(self.teacher_mix_temperature, bool) or not isinstance(self.teacher_mix_temperature, (int, float))
+            or not 0 < self.teacher_mix_temperature < float("inf")
+        ):
+            raise ValueError(f"`teacher_mix_temperature` must be a finite number > 0 (e.g. the `temperature` of your "
+                             f"`kl` objective), or unset, got {self.teacher_mix_temperature!r}.")
         if self.nonfinite_loss not in NONFINITE_POLICIES:
             raise ValueError(
                 f"`nonfinite_loss` must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite_loss!r}."

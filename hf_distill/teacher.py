@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .checks import remote_code_guard
-from .signals import Signals
+from .signals import Signals, combine_signals
 from .tasks import TaskAdapter, base_model_of
 
 logger = logging.get_logger(__name__)
@@ -23,6 +23,7 @@ __all__ = [
     "NoTeacher",
     "ScoresColumnTeacher",
     "StudentBaseTeacher",
+    "EnsembleTeacher",
 ]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -173,3 +174,47 @@ class StudentBaseTeacher:
                 return self.task.run(self.student, batch, requires)
         finally:
             self.student.train(was_training)
+
+
+class EnsembleTeacher:
+    """A teacher source made of several teacher sources (e.g. one `LiveTeacher` per teacher model), whose signals
+    for each batch are combined into one teacher's `Signals` by `hf_distill.signals.combine_signals`, so objectives
+    and metrics see a single teacher.
+
+    Args:
+        sources: the teacher sources, each called as ``source(batch, requires)``.
+        weights: one number >= 0 per source with a positive sum (normalised). A source of weight 0 is not run.
+        combine: ``"probs"`` (logits of the weighted mixture of the teachers' distributions, `mixture_logits`) or
+            ``"logits"`` (the weighted mean of their logits).
+        temperature: with ``"probs"``, the temperature T at which the distributions are mixed: the combined logits
+            ``T · log Σ_k w_k softmax(z_k / T)`` give exactly ``Σ_k w_k softmax(z_k / T)`` to an objective at
+            temperature T. An objective at another temperature T' tempers that mixture (``∝ q^(T / T')``), which is
+            not the mixture of the teachers' distributions at T'.
+        names: how errors name each source (default ``teacher_model[k]``).
+
+    A batch for which every source has no signals (e.g. evaluation data missing from a cache) gets None.
+    """
+
+    def __init__(self, sources: list[Any], weights: list[float], combine: str = "probs", temperature: float = 1.0,
+                 names: list[str] | None = None) -> None:
+        if len(weights) != len(sources):
+            raise ValueError(f"`teacher_weights` has {len(weights)} entries but there are {len(sources)} teachers; "
+                             "give one weight per teacher.")
+        self.sources = list(sources)
+        self.weights = [float(w) for w in weights]
+        self.combine = combine
+        self.temperature = temperature
+        self.names = names or [f"`teacher_model[{k}]`" for k in range(len(sources))]
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any], requires: frozenset[str]) -> Signals | None:
+        active = [k for k, w in enumerate(self.weights) if w > 0]
+        outputs = [self.sources[k](batch, requires) for k in active]
+        if all(out is None for out in outputs):
+            return None
+        missing = [self.names[k] for k, out in zip(active, outputs, strict=True) if out is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} gave no signals for this batch while the other teachers did; every "
+                             "teacher must cover the same data.")
+        return combine_signals(outputs, [self.weights[k] for k in active], self.combine, self.temperature,
+                               [self.names[k] for k in active])

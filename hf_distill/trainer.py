@@ -39,10 +39,11 @@ from .checks import (
 )
 from .config import DistillationConfig
 from .objectives import OBJECTIVES, build_objectives
-from .signals import Signals
+from .signals import Signals, feature_paths
 from .tasks import TaskAdapter, base_model_of, resolve_task
 from .tasks.base import unwrap_model
 from .teacher import (
+    EnsembleTeacher,
     LiveTeacher,
     NoTeacher,
     ScoresColumnTeacher,
@@ -70,7 +71,10 @@ class DistillationTrainer(Trainer):
         model: the student (a model, or a local path / hub id loaded with the task's auto class).
         teacher_model: the teacher, as a model, a local path or a hub id. It is put in eval mode, frozen, placed
             on the training device (never wrapped in DDP, never given optimizer state) and run under
-            ``torch.no_grad()``. None with `teacher_cache` (the teacher's signals were cached) or
+            ``torch.no_grad()``. A list of teachers (models, paths or hub ids) distils their ensemble: each is loaded
+            and checked like one teacher, and their signals are combined per batch (`teacher_weights`,
+            `teacher_combine`, `teacher_mix_temperature`; see `teacher.EnsembleTeacher` and docs/multi-teacher.md).
+            None with `teacher_cache` (the teacher's signals were cached) or
             `teacher_scores_column` (ranking: the teacher's scores are in the data), or when no objective needs a
             teacher (a label-only baseline through the same machinery).
         args: a `DistillationConfig` (objectives, task, teacher options and all `TrainingArguments`).
@@ -96,7 +100,7 @@ class DistillationTrainer(Trainer):
     def __init__(
         self,
         model: PreTrainedModel | nn.Module | str | os.PathLike | None = None,
-        teacher_model: PreTrainedModel | nn.Module | str | os.PathLike | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | os.PathLike | list | tuple | None = None,
         args: DistillationConfig | None = None,
         peft_config: Any = None,
         **kwargs: Any,
@@ -113,6 +117,13 @@ class DistillationTrainer(Trainer):
             raise ValueError("`model` (the student) is required.")
         scores_column = args.teacher_scores_column
         ema = args.teacher_ema_decay is not None
+        teacher_inputs = self._teacher_inputs(teacher_model, args)
+        ensemble = len(teacher_inputs) > 1
+        if ensemble and (args.teacher_cache or scores_column):
+            raise ValueError(f"`teacher_model` holds {len(teacher_inputs)} teachers; `teacher_cache` and "
+                             "`teacher_scores_column` stand for one teacher and cannot be combined with an ensemble "
+                             "yet. Unset them to run the teachers live.")
+        teacher_model = teacher_inputs[0] if len(teacher_inputs) == 1 else teacher_model
         if ema and (teacher_model is not None or args.teacher_cache or scores_column or args.teacher_is_student_base):
             raise ValueError("`teacher_ema_decay` makes a moving average of the student the teacher; do not also give "
                              "`teacher_model`, `teacher_cache`, `teacher_scores_column` or `teacher_is_student_base`.")
@@ -136,14 +147,14 @@ class DistillationTrainer(Trainer):
                 "either a model or a column of precomputed scores. Pass teacher_model=None to use the column."
             )
 
-        if teacher_model is not None and teacher_model is model:
-            check_models(model, teacher_model)  # the same object: refused before anything is loaded
+        for k, given in enumerate(teacher_inputs):
+            if given is model:
+                with _naming_teacher(k, ensemble):
+                    check_models(model, given)  # the same object: refused before anything is loaded
         check_dtype_supported(args.teacher_dtype, args.device)
         check_output_dir_writable(args.output_dir)
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
-        if isinstance(teacher_model, os.PathLike):
-            teacher_model = os.fspath(teacher_model)
         if isinstance(model, str):
             with remote_code_guard(model, "load the student yourself with "
                                    "`from_pretrained(..., trust_remote_code=True)` and pass the model"):
@@ -174,35 +185,40 @@ class DistillationTrainer(Trainer):
         cache = self._open_cache(args.teacher_cache) if args.teacher_cache is not None else None
         self.teacher_cache = cache
 
-        teacher_tokenizer = None
-        if isinstance(teacher_model, str):
-            try:
-                teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_model)
-            except (OSError, ValueError):
-                teacher_tokenizer = None
-        teacher = None
+        teachers: list[nn.Module] = []
         if ema:  # the mean teacher starts as an exact copy of the student (PEFT wrapper and all)
-            teacher = freeze_teacher(copy.deepcopy(model))
-        elif teacher_model is not None:
-            teacher = freeze_teacher(
-                load_teacher(teacher_model, self.task, args.teacher_dtype, args.teacher_model_init_kwargs)
-            )
-            self.task.check_teacher(teacher)
-            if cache is not None:
-                cache.check_teacher(teacher)
+            teachers = [freeze_teacher(copy.deepcopy(model))]
+        for k, given in enumerate(teacher_inputs):  # every teacher of an ensemble gets the checks of one teacher
+            with _naming_teacher(k, ensemble):
+                loaded = freeze_teacher(load_teacher(given, self.task, args.teacher_dtype,
+                                                     args.teacher_model_init_kwargs))
+                self.task.check_teacher(loaded)
+                if cache is not None:
+                    cache.check_teacher(loaded)
+                check_models(model, loaded)
+            teachers.append(loaded)
+        teacher = teachers[0] if teachers else None
         check_models(model, teacher)
         if cache is not None and teacher is None:
             self.task.teacher_widths = dict(cache.metadata.get("widths", {}))
-        self.task.prepare(model, teacher, args)
+        for prepared in reversed(teachers):  # the first teacher prepared last: it decides the student's defaults
+            self.task.prepare(model, prepared, args)
+        if not teachers:
+            self.task.prepare(model, None, args)
+        weights = self._ensemble_weights(args, len(teachers))
+        setup_teacher = self._setup_teacher(teachers, weights)
         for item in self.objectives:
-            item.objective.setup(self.task, model, teacher)
+            item.objective.setup(self.task, model, setup_teacher)
         tokenizer = kwargs.get("processing_class")
-        logit_width = None
-        if teacher is not None:
-            logit_width = shared_logit_width(
-                self.task, model, teacher, getattr(tokenizer, "tokenizer", tokenizer), teacher_tokenizer
-            )
-        elif cache is not None:
+        logit_widths: list[int | None] = []
+        for k, prepared in enumerate(teachers):
+            with _naming_teacher(k, ensemble):
+                logit_widths.append(shared_logit_width(
+                    self.task, model, prepared, getattr(tokenizer, "tokenizer", tokenizer),
+                    _teacher_tokenizer(teacher_inputs[k]) if k < len(teacher_inputs) else None,
+                ))
+        logit_width = logit_widths[0] if logit_widths else None
+        if cache is not None and teacher is None:
             logit_width = self._cached_logit_width(cache, model)
         self._eval_collator = None
         if kwargs.get("data_collator") is None:
@@ -222,6 +238,8 @@ class DistillationTrainer(Trainer):
         self._made_output_dir = args.output_dir is not None and not os.path.exists(args.output_dir)
         super().__init__(model=model, args=args, **kwargs)
 
+        #: Every teacher model, prepared (one, or several for an ensemble); `teacher_model` is the first (or None).
+        self.teacher_models: list[nn.Module] = []
         if args.teacher_is_student_base:
             self.teacher_model = None
             self.teacher_source = StudentBaseTeacher(model, self.task)
@@ -229,8 +247,14 @@ class DistillationTrainer(Trainer):
             self.teacher_model = None
             self.teacher_source = ScoresColumnTeacher(self.task) if scores_column else NoTeacher()
         else:
-            self.teacher_model = self._prepare_teacher(teacher)
+            self.teacher_models = [self._prepare_teacher(t) for t in teachers]
+            self.teacher_model = self.teacher_models[0]
             self.teacher_source = LiveTeacher(self.teacher_model, self.task, logit_width)
+            if ensemble:
+                sources = [LiveTeacher(m, self.task, w) for m, w in zip(self.teacher_models, logit_widths, strict=True)]
+                self.teacher_source = EnsembleTeacher(
+                    sources, weights, args.teacher_combine, _mix_temperature(self.objectives, args),
+                )
         if cache is not None:  # cached rows come from the cache; others from the live teacher, if any
             fallback = self.teacher_source if teacher is not None else None
             self.teacher_source = CachedTeacher(cache, self.task, fallback, logit_width)
@@ -262,6 +286,62 @@ class DistillationTrainer(Trainer):
         if self.args.teacher_compile:
             teacher = torch.compile(teacher)
         return teacher
+
+    @staticmethod
+    def _teacher_inputs(teacher_model: Any, args: DistillationConfig) -> list[Any]:
+        """``teacher_model`` as a list (empty for None; paths as strings), with the ensemble options checked against
+        the number of teachers before any model is loaded."""
+        if isinstance(teacher_model, (list, tuple)):
+            if not teacher_model:
+                raise ValueError("`teacher_model` is an empty list; give one teacher (a model, a local path or a hub "
+                                 "id) or a list of several, or None.")
+            given = list(teacher_model)
+        else:
+            given = [] if teacher_model is None else [teacher_model]
+        given = [os.fspath(t) if isinstance(t, os.PathLike) else t for t in given]
+        for k, entry in enumerate(given):
+            if entry is None or isinstance(entry, (list, tuple)):
+                raise TypeError(f"`teacher_model[{k}]` must be a model, a local path or a hub id, got {entry!r}.")
+        weights = args.teacher_weights
+        if weights is not None and given and len(weights) != len(given):
+            raise ValueError(f"`teacher_weights` has {len(weights)} entries ({weights}) but `teacher_model` has "
+                             f"{len(given)} teacher(s); give one weight per teacher, in the same order.")
+        if len(given) <= 1:
+            unused = [name for name, default in (("teacher_weights", None), ("teacher_mix_temperature", None),
+                                                 ("teacher_combine", "probs")) if getattr(args, name) != default]
+            if unused:
+                logger.warning(f"{', '.join(f'`{n}`' for n in unused)} only apply to several teachers "
+                               "(`teacher_model` a list); with one teacher they have no effect. Unset them.")
+        return given
+
+    @staticmethod
+    def _ensemble_weights(args: DistillationConfig, count: int) -> list[float]:
+        """Each teacher's share, summing to 1 (equal when `teacher_weights` is unset, or does not apply: no teacher
+        model, a moving-average teacher)."""
+        given = args.teacher_weights
+        weights = given if given is not None and len(given) == count else [1.0] * count
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    def _setup_teacher(self, teachers: list[nn.Module], weights: list[float]) -> nn.Module | None:
+        """The teacher model the objectives size themselves by (`Objective.setup`): the first teacher that is run
+        (weight > 0). For an ensemble whose embeddings have different widths — the combined embedding is their
+        weighted concatenation (`signals.combine_signals`) — None, with the summed width in the task's
+        ``teacher_widths``, so a projection is sized to the concatenation."""
+        active = [t for t, w in zip(teachers, weights, strict=True) if w > 0]
+        if len(active) <= 1 or "embeddings" not in self._teacher_requires:
+            return active[0] if active else None
+        width_of = getattr(self.task, "embedding_width", None)
+        widths = [width_of(t) for t in active] if callable(width_of) else []
+        if len(set(widths)) <= 1:
+            return active[0]
+        internal = self._teacher_requires & {"hidden_states", "attentions"} or feature_paths(self._teacher_requires)
+        if internal:
+            raise ValueError(f"The teachers' embedding widths differ ({widths}), so their embeddings are "
+                             "concatenated, but objectives that read internal states need teachers of one "
+                             "architecture. Use teachers of one width, or drop those objectives.")
+        self.task.teacher_widths = {**self.task.teacher_widths, "embeddings": sum(widths)}
+        return None
 
     # ---- teacher-signal cache ------------------------------------------------------------------------------------
 
@@ -501,7 +581,8 @@ class DistillationTrainer(Trainer):
         model = self.model
         with _preserved_random_state():
             batch = self._prepare_inputs(collator(rows))
-            for role, checked in (("student", model), ("teacher", self.teacher_model)):
+            checked_models = [("student", model), *(("teacher", t) for t in self.teacher_models)]
+            for role, checked in checked_models:
                 if checked is not None:
                     check_positions(base_model_of(unwrap_model(checked)), batch, role)
                     check_image_size(base_model_of(unwrap_model(checked)), batch, role)
@@ -725,6 +806,59 @@ class DistillationTrainer(Trainer):
                                 language=language, license=license, tags=[tags] if isinstance(tags, str) else tags,
                                 datasets=datasets, model_name=model_name)
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+@contextmanager
+def _naming_teacher(index: int, ensemble: bool) -> Any:
+    """Prefix an error raised while loading or checking one teacher of an ensemble with ``teacher_model[index]``, so
+    the message says which teacher is wrong (a single teacher's errors pass unchanged)."""
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as err:
+        if not ensemble:
+            raise
+        kind = ValueError if isinstance(err, ValueError) else TypeError if isinstance(err, TypeError) else OSError
+        raise kind(f"`teacher_model[{index}]`: {err}") from err
+
+
+def _teacher_tokenizer(given: Any) -> Any:
+    """The tokenizer next to a teacher given as a path or hub id (to compare vocabularies), else None."""
+    if not isinstance(given, str):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(given)
+    except (OSError, ValueError):
+        return None
+
+
+def _mix_temperature(objectives: nn.ModuleList, args: DistillationConfig) -> float:
+    """The temperature at which an ensemble's distributions are mixed (``teacher_combine="probs"``):
+    `teacher_mix_temperature`, else the fixed `temperature` shared by the objectives that read the teacher's logits,
+    else 1.0. Warns when an objective's temperature differs: it then tempers the mixture (see
+    `signals.mixture_logits`)."""
+    temperatures: dict[str, float | None] = {}
+    for item in objectives:
+        objective = item.objective
+        if objective.uses_teacher and "logits" in objective.requires and hasattr(objective, "temperature"):
+            fixed = "temperature" not in item.schedules
+            temperatures[item.key] = float(objective.temperature) if fixed else None
+    if args.teacher_combine != "probs":
+        if args.teacher_mix_temperature is not None:
+            logger.warning("`teacher_mix_temperature` has no effect with teacher_combine='logits' (the mean of the "
+                           "logits is the same rule at every temperature); unset it.")
+        return 1.0
+    chosen = args.teacher_mix_temperature
+    if chosen is None:
+        values = set(temperatures.values())
+        chosen = values.pop() if len(values) == 1 and None not in values else 1.0
+    differing = {k: v for k, v in temperatures.items() if v != chosen}
+    if differing:
+        shown = ", ".join(f"{k}: {'scheduled' if v is None else v}" for k, v in differing.items())
+        logger.warning(f"The teachers' distributions are mixed at temperature {chosen}, but objective(s) use another "
+                       f"temperature ({shown}); they see the mixture tempered again, not the mixture of the teachers' "
+                       "tempered distributions. Set `teacher_mix_temperature` to the temperature that matters most "
+                       "(see docs/multi-teacher.md).")
+    return float(chosen)
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str:
