@@ -282,3 +282,59 @@ def test_deit_with_teacher_loads_from_a_path_with_its_distillation_head(tmp_path
     trainer = DistillationTrainer(model=str(tmp_path / "deit"), teacher_model=tiny_vit(hidden=32, seed=0), args=args)
     assert type(trainer.model).__name__ == "DeiTForImageClassificationWithTeacher"
     assert trainer.task.name == "vision"
+
+
+# ---- deep supervision (DSKD) ---------------------------------------------------------------------------------------
+
+
+def _pixels(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_deep_supervision_is_the_weighted_sum_of_per_layer_kd(tmp_path):
+    from hf_distill.objectives.features import DeepSupervision, pool_features
+
+    student, teacher = tiny_vit(layers=3, seed=1), tiny_vit(layers=2, seed=2)
+    task = resolve_task("auto", model=student)
+    objective = DeepSupervision(temperature=2.0)
+    objective.setup(task, student, teacher)
+    assert objective.layer_ids == [1, 2]  # hidden states 1 and 2 of 0..3: every layer but the last
+    batch = {"pixel_values": _pixels(4), "labels": torch.tensor([0, 1, 2, 3])}
+    with torch.no_grad():
+        s = task.run(student, batch, frozenset({"logits", "hidden_states"}))
+        t = task.run(teacher, batch, frozenset({"logits"}))
+    parts = objective(s, t)
+    terms = []
+    for index, head in zip([1, 2], objective.heads, strict=True):
+        logits = head(s.hidden_states[index].mean(dim=1))
+        p_t = torch.softmax(t.logits / 2.0, -1)
+        terms.append(4.0 * (p_t * (p_t.log() - torch.log_softmax(logits / 2.0, -1))).sum())
+    weights = [term / sum(terms) for term in terms]  # adaptive: proportional to each layer's loss
+    assert set(parts) == {"layer1", "layer2"}
+    for name, weight, term in zip(("layer1", "layer2"), weights, terms, strict=True):
+        torch.testing.assert_close(parts[name], weight * term, rtol=1e-5, atol=1e-6)
+    equal = DeepSupervision(temperature=2.0, weights="equal")
+    equal.setup(task, student, teacher)
+    equal.heads.load_state_dict(objective.heads.state_dict())
+    torch.testing.assert_close(sum(equal(s, t).values()), sum(terms) / 2, rtol=1e-5, atol=1e-6)
+    assert pool_features(s.hidden_states[1], "cls").shape == (4, 16)
+
+
+def test_deep_supervision_heads_train_with_the_student_and_are_saved(tmp_path):
+    from safetensors.torch import load_file
+
+    args = config(tmp_path, objectives=[{"name": "kl"}, {"name": "deep_supervision", "weight": 0.5}], max_steps=3,
+                  per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=1)
+    trainer = DistillationTrainer(model=tiny_vit(layers=3, seed=1), teacher_model=tiny_vit(layers=2, seed=2),
+                                  args=args, train_dataset=image_dataset(12))
+    heads = trainer.objectives[1].objective.heads
+    before = [h.weight.detach().clone() for h in heads]
+    trainer.train()
+    assert all(not torch.equal(b, h.weight) for b, h in zip(before, heads, strict=True))
+    logged = [e for e in trainer.state.log_history if "loss" in e][0]
+    assert {"loss/deep_supervision/layer1", "loss/deep_supervision/layer2"} <= set(logged)
+    trainer.save_model(str(tmp_path / "student"))
+    saved = load_file(tmp_path / "student" / "distill_objectives.safetensors")
+    assert torch.equal(saved["1.objective.heads.0.weight"], heads[0].weight.detach().cpu())
+    with pytest.raises(ValueError, match="`layers` must be 'shallow'"):
+        normalize_objective_specs([{"name": "deep_supervision", "layers": [0]}])

@@ -32,7 +32,7 @@ from .projection import check_projection_mode, make_projection
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["HiddenMSE", "AttentionKL", "FeatureMSE", "resolve_layer_map", "pool_features"]
+__all__ = ["HiddenMSE", "AttentionKL", "FeatureMSE", "DeepSupervision", "resolve_layer_map", "pool_features"]
 
 LayerSpec = str | Sequence[Sequence[int]]
 _LAYER_MODES = ("uniform", "last")
@@ -358,3 +358,89 @@ class FeatureMSE(Objective):
         # items are tokens: the mean over examples with a counted token, times the number of items
         examples = student.mask.reshape(student.mask.shape[0], -1).any(dim=1)
         return losses.hidden_mse(s, t, mask=examples, reduction="mean") * student.mask.sum()
+
+
+_SUPERVISION_WEIGHTS = ("adaptive", "equal")
+
+
+@OBJECTIVES.register
+class DeepSupervision(Objective):
+    """Deeply-supervised KD (DSKD): auxiliary classifier heads on the student's shallow layers, each taught by the
+    teacher's predictions, so the early layers learn class-discriminative features directly.
+
+    For each chosen student layer ``l`` (indices into ``hidden_states``; default: every transformer layer but the
+    last, whose own head is the student's classifier, trained by ``kl``/``ce``), a linear head reads the layer's
+    pooled output (`pool_features`: ``mean`` over real positions or spatial cells, or ``cls``) and
+
+        L_l = T² · KL(p_teacher^T || softmax(head_l(pool(h_l)) / T))       summed over the batch's examples
+        loss = Σ_l w_l · L_l
+
+    ``weights="adaptive"``: ``w_l = L_l / Σ_k L_k`` computed from this batch's losses without gradient — layers that
+    are still far from the teacher get more of the objective's weight, and the weights follow training (the
+    loss-based weight allocation of Luo, Chen & Wang 2022, "Deeply-Supervised Knowledge Distillation",
+    arXiv:2202.07846, in the form we implement: proportional to each layer's loss); ``"equal"``: ``w_l = 1 / n``.
+    Each layer's weighted term is logged (``loss/deep_supervision/layer<l>``). The heads are trained with the student
+    and saved with the objectives' state; they are not part of the saved student. Tasks whose items are examples
+    (classification, vision); full teacher logits.
+    """
+
+    name = "deep_supervision"
+    requires = frozenset({"logits", "hidden_states"})
+    schedulable = ("temperature",)
+
+    def __init__(self, layers: str | Sequence[int] = "shallow", temperature: float = 4.0, pool: str = "mean",
+                 weights: str = "adaptive") -> None:
+        super().__init__()
+        if not (layers == "shallow" or (isinstance(layers, (list, tuple)) and layers and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in layers))):
+            raise ValueError(f"`layers` must be 'shallow' or a non-empty list of student layer indices >= 1 (into "
+                             f"hidden_states, 0 = embeddings), got {layers!r}.")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+            raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"`pool` must be 'mean' or 'cls', got {pool!r}.")
+        if weights not in _SUPERVISION_WEIGHTS:
+            raise ValueError(f"`weights` must be one of {', '.join(_SUPERVISION_WEIGHTS)}, got {weights!r}.")
+        self.layers, self.temperature, self.pool, self.weights = layers, float(temperature), pool, weights
+        self.layer_ids: list[int] = []
+        self.heads = nn.ModuleList()
+
+    def setup(self, task: Any, student: nn.Module, teacher: nn.Module) -> None:
+        model = base_model_of(student)
+        classes = task.logit_width(model)
+        if classes is None:
+            raise ValueError(f"Objective {self.name!r} needs a classifier student (its number of classes sizes the "
+                             "auxiliary heads).")
+        _, outputs = probe_features(model, [], task.example_inputs(model), output_hidden_states=True)
+        hidden = getattr(outputs, "hidden_states", None)
+        if not hidden or len(hidden) < 3:
+            raise ValueError(f"Objective {self.name!r}: the student ({type(model).__name__}) returns "
+                             f"{len(hidden or ())} hidden states; deep supervision needs at least two layers.")
+        last = len(hidden) - 1
+        ids = list(range(1, last)) if self.layers == "shallow" else list(self.layers)
+        if any(i > last for i in ids):
+            raise ValueError(f"`layers` {list(ids)} of {self.name!r}: the student has hidden states 0..{last}.")
+        self.layer_ids = ids
+        self.heads = nn.ModuleList(nn.Linear(pool_features(hidden[i], self.pool).shape[-1], classes) for i in ids)
+
+    def forward(self, student: Signals, teacher: Signals | None) -> dict[str, torch.Tensor]:
+        if student.mask.dim() != 1:
+            raise ValueError(f"Objective {self.name!r} supervises one prediction per example; this task counts tokens. "
+                             "Use it with classification or vision.")
+        if teacher is None or teacher.logits is None:
+            raise ValueError(f"Objective {self.name!r} needs the teacher's full logits.")
+        if not student.hidden_states:
+            raise ValueError(f"Objective {self.name!r} needs the student's hidden states; it returned none.")
+        per_layer = []
+        for index, head in zip(self.layer_ids, self.heads, strict=True):
+            pooled = pool_features(student.hidden_states[index], self.pool, student.token_mask)
+            logits = head(pooled.to(head.weight.dtype))
+            per_layer.append(losses.kl_div(logits, teacher.logits, temperature=self.temperature, mask=student.mask,
+                                           reduction="sum"))
+        stacked = torch.stack(per_layer)
+        if self.weights == "adaptive":
+            detached = stacked.detach()
+            weights = detached / detached.sum().clamp_min(torch.finfo(detached.dtype).tiny)
+        else:
+            weights = torch.full_like(stacked, 1.0 / len(per_layer))
+        return {f"layer{index}": w * term for index, w, term in zip(self.layer_ids, weights, stacked, strict=True)}
