@@ -100,7 +100,7 @@ class DistillationConfig(TrainingArguments):
             "in checkpoints and next to the student (`ema_teacher.safetensors`), so resuming is exact."
         },
     )
-    teacher_cache: str | list[str] | None = field(
+    teacher_cache: list[str] | str | None = field(
         default=None,
         metadata={
             "help": "A teacher-signal cache folder (written by `hf-distill cache-teacher` or "
@@ -110,7 +110,7 @@ class DistillationConfig(TrainingArguments):
             "that was not cached uses the live teacher when there is one, else is evaluated without teacher "
             "signals. Several teachers (`teacher_model` a list, or none): a list of cache folders, one per teacher "
             "in the same order, each built by `cache_teacher` for its teacher on the same data; their signals are "
-            "combined like live teachers'. See docs/cache.md."
+            "combined like live teachers' (a JSON list string is accepted too). See docs/cache.md."
         },
     )
     teacher_weights: list[float] | str | None = field(
@@ -255,6 +255,8 @@ class DistillationConfig(TrainingArguments):
         ):
             raise ValueError(f"`teacher_ema_decay` must be a number in [0, 1) (e.g. 0.999), got "
                              f"{self.teacher_ema_decay!r}.")
+        if isinstance(self.teacher_cache, str) and self.teacher_cache.lstrip().startswith("["):
+            self.teacher_cache = _from_json(self.teacher_cache, "teacher_cache", '["caches/a", "caches/b"]')
         if isinstance(self.teacher_cache, (list, tuple)):
             paths = [os.fspath(p) if isinstance(p, os.PathLike) else p for p in self.teacher_cache]
             if not paths or not all(isinstance(p, str) and p for p in paths):

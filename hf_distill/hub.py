@@ -303,8 +303,9 @@ def _gather(output_dir: Path, trainer: Any = None) -> _Run:
     teacher_model = getattr(trainer, "teacher_model", None)
     if teacher_ref is None and teacher_model is not None:
         teacher_ref = getattr(teacher_model, "name_or_path", None) or None
-    cache_path = ((teacher_spec.get("cache") or {}).get("path") or (str(args.teacher_cache) if args is not None and
-                  getattr(args, "teacher_cache", None) else None))
+    given = getattr(args, "teacher_cache", None) if args is not None else None
+    given = given[0] if isinstance(given, (list, tuple)) else given  # several teachers: the first cache
+    cache_path = (teacher_spec.get("cache") or {}).get("path") or (str(given) if given else None)
     return _Run(
         output_dir=output_dir, task=task, config=config, report=report, recipe=recipe, recipe_text=recipe_text,
         log_history=log_history, global_step=global_step, epoch=epoch, objectives=objectives, arguments=arguments,

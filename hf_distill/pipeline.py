@@ -328,17 +328,24 @@ def _cast_teacher(teacher: Any, spec: dict[str, Any], adapter: Any, device: Any)
     return load_teacher(teacher, adapter, dtype)
 
 
-def _build_cache(recipe: Recipe, run: _Run, echo: Any) -> str:
-    """Build (or reuse, when its fingerprint matches) the teacher cache the recipe names; returns its path."""
+def _build_caches(recipe: Recipe, run: _Run, echo: Any) -> str | list[str]:
+    """Build (or reuse) the teacher cache the recipe names, or one per teacher of a list; returns the path(s)."""
+    if not recipe.ensemble:
+        return _build_cache(recipe, run, echo)
+    return [_build_cache(recipe, run, echo, k) for k in range(len(recipe.teachers))]
+
+
+def _build_cache(recipe: Recipe, run: _Run, echo: Any, k: int = 0) -> str:
+    """Build (or reuse, when its fingerprint matches) the cache of teacher ``k``; returns its path."""
     from .cache import cache_teacher
 
-    spec = recipe.teacher["cache"]
-    echo(f"Teacher cache: {spec['path']}")
+    spec = recipe.teachers[k]["cache"]
+    echo(f"Teacher cache{f' of {recipe.teacher_key(k)}' if recipe.ensemble else ''}: {spec['path']}")
     # A top-k support lacks the teacher's probability of most labels, so the report's teacher perplexity needs the
     # live teacher on the evaluation data: only the training data is cached then.
     eval_data = run.data.get("eval") if spec.get("top_k") is None else None
     cache = cache_teacher(
-        run.teacher, run.data["train"], spec["path"], eval_dataset=eval_data, args=run.config,
+        run.teachers[k], run.data["train"], spec["path"], eval_dataset=eval_data, args=run.config,
         task=run.task_name, tokenizer=run.tokenizer, data_collator=run.collator, top_k=spec.get("top_k"),
         dtype=spec.get("dtype", "float32"), hidden_layers=spec.get("hidden_layers"),
         batch_size=spec.get("batch_size", 32), overwrite=spec.get("overwrite", False),
@@ -350,18 +357,23 @@ def _build_cache(recipe: Recipe, run: _Run, echo: Any) -> str:
     return str(cache.path)
 
 
-def cache_recipe(recipe: Recipe, echo: Any = print) -> str:
-    """``hf-distill cache-teacher``: run the recipe's teacher over its data once and store its signals."""
+def cache_recipe(recipe: Recipe, echo: Any = print) -> str | list[str]:
+    """``hf-distill cache-teacher``: run the recipe's teacher (each teacher of a list) over its data once and store
+    its signals."""
     cache = recipe.teacher.get("cache")
     if not cache:
-        raise RecipeError(["`teacher.cache` is missing: say where to write the cache, e.g. --set "
-                           "teacher.cache.path=caches/my-teacher (and optionally top_k, dtype)."])
-    if recipe.teacher.get("finetune"):
-        raise RecipeError(["`teacher.finetune`: this recipe fine-tunes its teacher, which `hf-distill train` does "
-                           "before caching (with `teacher.cache` set it builds the cache itself). Run `hf-distill "
-                           "train`, or point teacher.model at the fine-tuned folder and drop finetune."])
+        key = recipe.teacher_key(0, "cache")
+        raise RecipeError([f"`{key}` is missing: say where to write the cache, e.g. --set "
+                           f"{key.replace('[', '.').replace(']', '')}.path=caches/my-teacher (and optionally top_k, "
+                           "dtype)."])
+    for k, spec in enumerate(recipe.teachers):
+        if spec.get("finetune"):
+            key = recipe.teacher_key(k, "finetune")
+            raise RecipeError([f"`{key}`: this recipe fine-tunes its teacher, which `hf-distill train` does before "
+                               "caching (with a cache set it builds the cache itself). Run `hf-distill train`, or "
+                               "point the teacher's model at the fine-tuned folder and drop finetune."])
     run = _load_run(recipe, echo, training=False)
-    return _build_cache(recipe, run, echo)
+    return _build_caches(recipe, run, echo)
 
 
 def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
@@ -382,8 +394,8 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     run = _load_run(recipe, echo)
     config, adapter, data, teacher, out = run.config, run.adapter, run.data, run.teacher, recipe.output_dir
     task_name, tokenizer, collator = run.task_name, run.tokenizer, run.collator
-    if recipe.teacher.get("cache"):
-        config.teacher_cache = _build_cache(recipe, run, echo)
+    if recipe.teacher.get("cache"):  # in a list, every teacher has its own cache (checked by the recipe)
+        config.teacher_cache = _build_caches(recipe, run, echo)
 
     # 3. Student.
     spec = recipe["student"]

@@ -589,9 +589,19 @@ def _check_ensemble(teachers: list[Any], training: dict[str, Any], problems: lis
         if "ema_of_student" in spec:
             problems.append(f"`teacher[{k}].ema_of_student`: a moving average of the student cannot be one teacher of "
                             "several; give `model` or `config` for it, or make `teacher` one mapping.")
-        if "cache" in spec:
-            problems.append(f"`teacher[{k}].cache`: the teachers of an ensemble cannot be cached yet (one cache per "
-                            "teacher is planned, docs/multi-teacher.md); remove it to run the teachers live.")
+        cache = spec.get("cache")
+        if isinstance(cache, dict) and cache.get("top_k") is not None:
+            problems.append(f"`teacher[{k}].cache.top_k`: the top-k supports of several teachers differ, so their "
+                            "distributions cannot be mixed exactly; cache full logits (remove top_k).")
+    cached = [k for k, spec in entries if "cache" in spec]
+    if cached and len(cached) != len(entries):
+        missing = [k for k, _ in entries if k not in cached]
+        problems.append(f"`teacher[{missing[0]}].cache` is missing: in a list, every teacher has its own cache or "
+                        f"none does (cached: {', '.join(f'teacher[{k}]' for k in cached)}). Add one, e.g. cache: "
+                        f"{{path: caches/teacher-{missing[0]}}}, or remove the others.")
+    paths = [spec["cache"].get("path") for _, spec in entries if isinstance(spec.get("cache"), dict)]
+    if len(set(map(str, paths))) < len(paths):
+        problems.append(f"`teacher[*].cache.path`: each teacher needs its own cache folder, got {paths}.")
     weights = [spec.get("weight", 1) for _, spec in entries]
     numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
     if entries and numbers and sum(weights) <= 0:
@@ -618,7 +628,10 @@ def _check_hub(hub: dict[str, Any], teacher: Any, training: dict[str, Any], prob
                 problems.append(f"`hub.{key}`: {value!r} is not a repository id ({err}). Expected NAMESPACE/NAME, "
                                 "e.g. user/minilm-3l-distilled.")
     has_cache = any(isinstance(spec.get("cache"), dict) for _, spec in _teacher_entries(teacher))
-    if hub.get("cache_repo_id") and not has_cache:
+    if hub.get("cache_repo_id") and isinstance(teacher, list) and len(teacher) > 1:
+        problems.append("`hub.cache_repo_id` pushes one teacher-signal cache; with several teachers push each cache "
+                        "folder yourself (docs/cache.md, \"Sharing a cache on the Hub\"), or remove hub.cache_repo_id.")
+    elif hub.get("cache_repo_id") and not has_cache:
         problems.append("`hub.cache_repo_id` needs a teacher-signal cache to push: set `teacher.cache.path` (see "
                         "docs/cache.md), or remove hub.cache_repo_id.")
     if "hub_token" in training:

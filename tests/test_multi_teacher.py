@@ -289,6 +289,8 @@ def test_a_stale_cache_among_several_is_refused_naming_its_index(tmp_path):
         DistillationTrainer(model=tiny_gpt2(1), teacher_model=[*teachers, teachers[0]], args=args)
     with pytest.raises(ValueError, match="`teacher_cache` must be a cache folder, or a non-empty list"):
         config(tmp_path, teacher_cache=[])
+    assert config(tmp_path, teacher_cache='["caches/a", "caches/b"]').teacher_cache == ["caches/a", "caches/b"]
+    assert config(tmp_path, teacher_cache=[tmp_path / "a"]).teacher_cache == str(tmp_path / "a")  # a list of one
 
 
 @pytest.mark.slow

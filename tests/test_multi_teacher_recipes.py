@@ -82,6 +82,26 @@ def test_two_teacher_recipe_trains_and_evaluates(trained):
     assert again["teacher"]["metric"] == pytest.approx(report["teacher"]["metric"], rel=1e-4)  # the ensemble's
 
 
+def test_each_teacher_of_a_recipe_has_its_own_cache(tmp_path, trained):
+    from hf_distill.cache import TeacherCache
+
+    first = trained[0] / "teacher"  # the fine-tuned teachers of the run above, now given by `model`
+    out = tmp_path / "out"
+    text = RECIPE.replace("OUT", str(out)).replace("max_train_samples: 32", "max_train_samples: 16")
+    teachers = (f"teacher:\n  - {{model: {first / '0'}, weight: 0.7, cache: {{path: {tmp_path / 'c0'}}}}}\n"
+                f"  - {{model: {first / '1'}, dtype: float32, weight: 0.3, cache: {{path: {tmp_path / 'c1'}}}}}\n")
+    text = text[:text.index("teacher:")] + teachers + text[text.index("student:"):]
+    messages: list[str] = []
+    report = train_recipe(load_recipe(_write(tmp_path, text)), echo=messages.append)
+    caches = [TeacherCache(tmp_path / name) for name in ("c0", "c1")]
+    assert caches[0].metadata["teacher"] != caches[1].metadata["teacher"]  # each teacher's own signals
+    assert set(caches[1].metadata["splits"]) == {"train", "eval"}
+    assert any(m.startswith("Teacher cache of teacher[1]: ") for m in messages)
+    assert report["teacher"]["model"] == f"ensemble of 2 teachers (probs): {first / '0'} (weight 0.7) + " \
+                                         f"{first / '1'} (weight 0.3)"
+    assert report["teacher"]["metric"] is not None  # the evaluation data read from both caches
+
+
 def test_model_card_names_every_teacher(trained):
     from hf_distill.hub import build_model_card
 
@@ -122,7 +142,12 @@ objectives: [kl]
                  ["`teacher[1].config` needs `model_type`", "`teacher[1].finetune` is required with "
                   "`teacher[1].config`"], id="config-without-finetune"),
     pytest.param("[{model: a}, {model: b, cache: {path: c}}]", None,
-                 ["`teacher[1].cache`: the teachers of an ensemble cannot be cached yet"], id="cache"),
+                 ["`teacher[0].cache` is missing: in a list, every teacher has its own cache or none does"],
+                 id="cache-of-one-teacher"),
+    pytest.param("[{model: a, cache: {path: c}}, {model: b, cache: {path: c, top_k: 8}}]", None,
+                 ["`teacher[1].cache.top_k`: the top-k supports of several teachers differ",
+                  "`teacher[*].cache.path`: each teacher needs its own cache folder, got ['c', 'c']"],
+                 id="shared-or-top-k-cache"),
     pytest.param("[{model: a}, b]", None, ["`teacher[1]` must be a mapping (e.g. {model: ..., weight: 0.5}), got 'b'"],
                  id="not-a-mapping"),
     pytest.param("[]", None, ["`teacher` is an empty list"], id="empty"),
