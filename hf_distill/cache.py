@@ -183,23 +183,25 @@ class TeacherCache:
 
     Args:
         path: the folder `cache_teacher` (or ``hf-distill cache-teacher``) wrote.
+        key: how messages name it (``teacher_cache``; ``teacher_cache[k]`` for one cache of several).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, key: str = "teacher_cache") -> None:
         from datasets import load_from_disk
 
         self.path = Path(path)
+        self.key = key
         meta_file = self.path / METADATA_FILE
         if not meta_file.is_file():
             partial = " It holds an unfinished run: rerun the same command to complete it." if (
                 self.path / _PARTIAL).exists() else ""
             raise StaleCacheError(
-                f"`teacher_cache`: {str(self.path)!r} is not a complete teacher-signal cache (no {METADATA_FILE})."
+                f"`{self.key}`: {str(self.path)!r} is not a complete teacher-signal cache (no {METADATA_FILE})."
                 f"{partial} Build one with `hf-distill cache-teacher RECIPE` or `hf_distill.cache.cache_teacher(...)`."
             )
         self.metadata: dict[str, Any] = json.loads(meta_file.read_text())
         if self.metadata.get("version") != CACHE_VERSION:
-            raise StaleCacheError(f"`teacher_cache`: {str(self.path)!r} was written by cache format version "
+            raise StaleCacheError(f"`{self.key}`: {str(self.path)!r} was written by cache format version "
                                   f"{self.metadata.get('version')}, this hf_distill reads version {CACHE_VERSION}; "
                                   "rebuild it.")
         self.splits = {name: load_from_disk(str(self.path / name)).with_format("arrow")
@@ -234,11 +236,12 @@ class TeacherCache:
         fields = {self.signal} | ({"hidden_states"} if self.hidden_layers else set())
         return frozenset(fields)
 
-    def split_of(self, dataset: Any) -> str | None:
-        """The cached split whose data has the same contents as ``dataset``, else None."""
-        if not hasattr(dataset, "column_names"):
+    def split_of(self, dataset: Any, fingerprint: str | None = None) -> str | None:
+        """The cached split whose data has the same contents as ``dataset`` (or whose data fingerprint is
+        ``fingerprint``, `dataset_fingerprint`, when given), else None."""
+        if fingerprint is None and not hasattr(dataset, "column_names"):
             return None
-        fingerprint = dataset_fingerprint(dataset)
+        fingerprint = fingerprint or dataset_fingerprint(dataset)
         return next((name for name, info in self.metadata["splits"].items() if info["data"] == fingerprint), None)
 
     def row_codes(self, split: str, rows: int) -> list[int]:
@@ -249,7 +252,7 @@ class TeacherCache:
         """Refuse the cache if ``teacher`` is not the model (weights and dtype) it was built with."""
         if model_fingerprint(teacher) != self.metadata["teacher"]:
             raise StaleCacheError(
-                f"`teacher_cache`: {str(self.path)!r} was built with another teacher (or other weights or dtype: "
+                f"`{self.key}`: {str(self.path)!r} was built with another teacher (or other weights or dtype: "
                 f"{self.metadata.get('teacher_name')!r} in {self.metadata.get('teacher_dtype')}); its signals would "
                 "not be this teacher's. Rebuild the cache for this teacher, or pass `teacher_model=None` to train "
                 "from the cache alone."
@@ -274,7 +277,7 @@ class TeacherCache:
         if not np.array_equal(counts, expected):
             bad = int(np.flatnonzero(counts != expected)[0])
             raise StaleCacheError(
-                f"`teacher_cache`: row {rows[bad]} of the cached {split} split has {int(counts[bad])} counted "
+                f"`{self.key}`: row {rows[bad]} of the cached {split} split has {int(counts[bad])} counted "
                 f"positions but this batch has {int(expected[bad])} for it: the data or its collation changed since "
                 "the cache was built. Rebuild the cache with the same data, tokenizer and collator."
             )

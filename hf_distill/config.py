@@ -6,6 +6,7 @@ Each field is documented once, in its ``metadata["help"]``; docs and ``--help`` 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +100,7 @@ class DistillationConfig(TrainingArguments):
             "in checkpoints and next to the student (`ema_teacher.safetensors`), so resuming is exact."
         },
     )
-    teacher_cache: str | None = field(
+    teacher_cache: list[str] | str | None = field(
         default=None,
         metadata={
             "help": "A teacher-signal cache folder (written by `hf-distill cache-teacher` or "
@@ -107,7 +108,9 @@ class DistillationConfig(TrainingArguments):
             "teacher, and `teacher_model` may be None. A teacher given as well must be the one the cache was built "
             "with (its weights are checked). Datasets are matched to the cached splits by content; evaluation data "
             "that was not cached uses the live teacher when there is one, else is evaluated without teacher "
-            "signals. See docs/cache.md."
+            "signals. Several teachers (`teacher_model` a list, or none): a list of cache folders, one per teacher "
+            "in the same order, each built by `cache_teacher` for its teacher on the same data; their signals are "
+            "combined like live teachers' (a JSON list string is accepted too). See docs/cache.md."
         },
     )
     teacher_weights: list[float] | str | None = field(
@@ -252,6 +255,16 @@ class DistillationConfig(TrainingArguments):
         ):
             raise ValueError(f"`teacher_ema_decay` must be a number in [0, 1) (e.g. 0.999), got "
                              f"{self.teacher_ema_decay!r}.")
+        if isinstance(self.teacher_cache, str) and self.teacher_cache.lstrip().startswith("["):
+            self.teacher_cache = _from_json(self.teacher_cache, "teacher_cache", '["caches/a", "caches/b"]')
+        if isinstance(self.teacher_cache, (list, tuple)):
+            paths = [os.fspath(p) if isinstance(p, os.PathLike) else p for p in self.teacher_cache]
+            if not paths or not all(isinstance(p, str) and p for p in paths):
+                raise ValueError(f"`teacher_cache` must be a cache folder, or a non-empty list of cache folders (one "
+                                 f"per teacher), got {self.teacher_cache!r}; e.g. ['caches/a', 'caches/b'].")
+            self.teacher_cache = paths if len(paths) > 1 else paths[0]
+        elif isinstance(self.teacher_cache, os.PathLike):
+            self.teacher_cache = os.fspath(self.teacher_cache)
         self.teacher_weights = _from_json(self.teacher_weights, "teacher_weights", "[0.7, 0.3]")
         if self.teacher_weights is not None:
             weights = self.teacher_weights

@@ -16,7 +16,7 @@ import yaml
 from transformers.utils import logging
 
 from .checks import remote_code_guard
-from .recipes import Recipe, RecipeError, build_config, resolve_model_reference
+from .recipes import Recipe, RecipeError, build_config, resolve_model_reference, teacher_dir
 
 logger = logging.get_logger(__name__)
 
@@ -31,7 +31,7 @@ _TRUST_FIX = "set `teacher.init_kwargs.trust_remote_code: true` in the recipe (i
 
 def _trusts_remote_code(recipe: Recipe) -> bool:
     """Only an explicit ``teacher.init_kwargs.trust_remote_code: true`` lets a model repository's code run."""
-    return (recipe["teacher"].get("init_kwargs") or {}).get("trust_remote_code") is True
+    return (recipe.teacher.get("init_kwargs") or {}).get("trust_remote_code") is True
 
 
 def _resolve_task(recipe: Recipe) -> str:
@@ -42,11 +42,13 @@ def _resolve_task(recipe: Recipe) -> str:
 
     from .tasks import TASKS
 
-    if "config" in recipe["teacher"]:
-        raise RecipeError(["`task`: a teacher built from `teacher.config` needs an explicit `task:`."])
-    if "ema_of_student" in recipe["teacher"] and "model" not in recipe["student"]:
+    teacher = recipe.teacher  # the primary teacher (the first of a list) decides
+    if "config" in teacher:
+        raise RecipeError([f"`task`: a teacher built from `{recipe.teacher_key(0, 'config')}` needs an explicit "
+                           "`task:`."])
+    if "ema_of_student" in teacher and "model" not in recipe["student"]:
         raise RecipeError(["`task`: a moving-average teacher of a `student.config` needs an explicit `task:`."])
-    model = recipe["student"]["model"] if "ema_of_student" in recipe["teacher"] else recipe["teacher"]["model"]
+    model = recipe["student"]["model"] if "ema_of_student" in teacher else teacher["model"]
     reference = resolve_model_reference(model, recipe)
     with remote_code_guard(reference, _TRUST_FIX):
         config = AutoConfig.from_pretrained(reference, trust_remote_code=_trusts_remote_code(recipe))
@@ -226,6 +228,8 @@ class _Run:
     collator: Any
     model_kwargs: dict[str, Any]
     teacher: Any
+    #: Every teacher, in the recipe's order (one for a single teacher; ``teacher`` is the first).
+    teachers: list[Any]
 
 
 def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
@@ -239,9 +243,8 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     if training:
         check_output_dir(recipe)
     config = build_config(recipe, task=task_name)
-    out = recipe.output_dir
 
-    teacher_spec = recipe["teacher"]
+    teacher_spec = recipe.teacher
     ema = "ema_of_student" in teacher_spec  # the teacher is the student's moving average: the student's model decides
     model_spec = recipe["student"] if ema else teacher_spec
     teacher_ref = resolve_model_reference(model_spec["model"], recipe) if "model" in model_spec else None
@@ -265,35 +268,84 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
                             label2id={n: i for i, n in enumerate(names)})
     data = _tokenize(raw, tokenizer, task_name, causal, recipe)
     collator = _collator(task_name, causal, tokenizer)
-    torch.manual_seed(config.seed)
-    if ema:
-        teacher = None  # the trainer makes it: a copy of the student, then its moving average
-    elif teacher_ref is not None:
-        teacher = adapter.load_model(teacher_ref, **model_kwargs)
-    else:
-        teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer, **model_kwargs))
+    teachers = []
+    for k, spec in enumerate(recipe.teachers):
+        torch.manual_seed(config.seed + k)  # teachers built from the same `config` still start differently
+        if ema:
+            teacher = None  # the trainer makes it: a copy of the student, then its moving average
+        elif k == 0 and teacher_ref is not None:
+            teacher = adapter.load_model(teacher_ref, **model_kwargs)
+        elif k == 0:
+            teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer, **model_kwargs))
+        else:
+            teacher = _load_other_teacher(recipe, k, task_name, tokenizer, model_kwargs)
+        if training and spec.get("finetune"):
+            name = spec.get("model", f"from {recipe.teacher_key(k, 'config')}")
+            echo(f"Training {'the teacher' if not recipe.ensemble else recipe.teacher_key(k)} ({name}) on the "
+                 "training data first")
+            folder = teacher_dir(recipe, k)
+            args = TrainingArguments(**{"output_dir": str(folder), "report_to": "none",
+                                        "save_strategy": "no", "seed": config.seed, **spec["finetune"]})
+            Trainer(model=teacher, args=args, train_dataset=data["train"], data_collator=collator).train()
+            teacher.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+        if recipe.ensemble:  # each listed teacher in its own dtype (the config's `teacher_dtype` is their common one)
+            teacher = _cast_teacher(teacher, spec, adapter, config.device)
+        teachers.append(teacher)
+    return _Run(task_name, config, tokenizer, adapter, data, raw, collator, model_kwargs, teachers[0], teachers)
 
-    if training and teacher_spec.get("finetune"):
-        echo(f"Training the teacher ({teacher_spec.get('model', 'from teacher.config')}) on the training data first")
-        args = TrainingArguments(**{"output_dir": str(out / "teacher"), "report_to": "none",
-                                    "save_strategy": "no", "seed": config.seed, **teacher_spec["finetune"]})
-        Trainer(model=teacher, args=args, train_dataset=data["train"], data_collator=collator).train()
-        teacher.save_pretrained(out / "teacher")
-        tokenizer.save_pretrained(out / "teacher")
-    return _Run(task_name, config, tokenizer, adapter, data, raw, collator, model_kwargs, teacher)
+
+def _load_other_teacher(recipe: Recipe, k: int, task_name: str, tokenizer: Any, primary_kwargs: dict[str, Any]
+                        ) -> Any:
+    """Teacher ``k`` > 0 of a list, loaded (or built from its ``config``) with the task's auto class for its own
+    architecture, its own ``init_kwargs`` and the labels the primary teacher got."""
+    from transformers import AutoConfig
+
+    spec = recipe.teachers[k]
+    init_kwargs = dict(spec.get("init_kwargs") or {})
+    labels = {key: primary_kwargs[key] for key in ("num_labels", "id2label", "label2id") if key in primary_kwargs}
+    if "config" in spec:
+        config = _config_from_spec(spec["config"], tokenizer, **init_kwargs, **labels)
+        return _adapter(task_name, (config.architectures or [""])[0]).model_from_config(config)
+    reference = resolve_model_reference(spec["model"], recipe)
+    fix = f"set `{recipe.teacher_key(k, 'init_kwargs')}.trust_remote_code: true` in the recipe"
+    with remote_code_guard(reference, fix):
+        config = AutoConfig.from_pretrained(reference, trust_remote_code=init_kwargs.get("trust_remote_code") is True)
+        adapter = _adapter(task_name, (config.architectures or [""])[0])
+        return adapter.load_model(reference, **init_kwargs, **labels)
 
 
-def _build_cache(recipe: Recipe, run: _Run, echo: Any) -> str:
-    """Build (or reuse, when its fingerprint matches) the teacher cache the recipe names; returns its path."""
+def _cast_teacher(teacher: Any, spec: dict[str, Any], adapter: Any, device: Any) -> Any:
+    """A listed teacher in its own ``dtype`` (checked against the device first)."""
+    from .checks import check_dtype_supported
+    from .config import _DTYPE_ALIASES
+    from .teacher import load_teacher
+
+    dtype = _DTYPE_ALIASES.get(spec.get("dtype", "auto"), spec.get("dtype", "auto"))
+    if teacher is None or dtype == "auto":
+        return teacher
+    check_dtype_supported(dtype, device)
+    return load_teacher(teacher, adapter, dtype)
+
+
+def _build_caches(recipe: Recipe, run: _Run, echo: Any) -> str | list[str]:
+    """Build (or reuse) the teacher cache the recipe names, or one per teacher of a list; returns the path(s)."""
+    if not recipe.ensemble:
+        return _build_cache(recipe, run, echo)
+    return [_build_cache(recipe, run, echo, k) for k in range(len(recipe.teachers))]
+
+
+def _build_cache(recipe: Recipe, run: _Run, echo: Any, k: int = 0) -> str:
+    """Build (or reuse, when its fingerprint matches) the cache of teacher ``k``; returns its path."""
     from .cache import cache_teacher
 
-    spec = recipe["teacher"]["cache"]
-    echo(f"Teacher cache: {spec['path']}")
+    spec = recipe.teachers[k]["cache"]
+    echo(f"Teacher cache{f' of {recipe.teacher_key(k)}' if recipe.ensemble else ''}: {spec['path']}")
     # A top-k support lacks the teacher's probability of most labels, so the report's teacher perplexity needs the
     # live teacher on the evaluation data: only the training data is cached then.
     eval_data = run.data.get("eval") if spec.get("top_k") is None else None
     cache = cache_teacher(
-        run.teacher, run.data["train"], spec["path"], eval_dataset=eval_data, args=run.config,
+        run.teachers[k], run.data["train"], spec["path"], eval_dataset=eval_data, args=run.config,
         task=run.task_name, tokenizer=run.tokenizer, data_collator=run.collator, top_k=spec.get("top_k"),
         dtype=spec.get("dtype", "float32"), hidden_layers=spec.get("hidden_layers"),
         batch_size=spec.get("batch_size", 32), overwrite=spec.get("overwrite", False),
@@ -305,18 +357,23 @@ def _build_cache(recipe: Recipe, run: _Run, echo: Any) -> str:
     return str(cache.path)
 
 
-def cache_recipe(recipe: Recipe, echo: Any = print) -> str:
-    """``hf-distill cache-teacher``: run the recipe's teacher over its data once and store its signals."""
-    cache = recipe["teacher"].get("cache")
+def cache_recipe(recipe: Recipe, echo: Any = print) -> str | list[str]:
+    """``hf-distill cache-teacher``: run the recipe's teacher (each teacher of a list) over its data once and store
+    its signals."""
+    cache = recipe.teacher.get("cache")
     if not cache:
-        raise RecipeError(["`teacher.cache` is missing: say where to write the cache, e.g. --set "
-                           "teacher.cache.path=caches/my-teacher (and optionally top_k, dtype)."])
-    if recipe["teacher"].get("finetune"):
-        raise RecipeError(["`teacher.finetune`: this recipe fine-tunes its teacher, which `hf-distill train` does "
-                           "before caching (with `teacher.cache` set it builds the cache itself). Run `hf-distill "
-                           "train`, or point teacher.model at the fine-tuned folder and drop finetune."])
+        key = recipe.teacher_key(0, "cache")
+        raise RecipeError([f"`{key}` is missing: say where to write the cache, e.g. --set "
+                           f"{key.replace('[', '.').replace(']', '')}.path=caches/my-teacher (and optionally top_k, "
+                           "dtype)."])
+    for k, spec in enumerate(recipe.teachers):
+        if spec.get("finetune"):
+            key = recipe.teacher_key(k, "finetune")
+            raise RecipeError([f"`{key}`: this recipe fine-tunes its teacher, which `hf-distill train` does before "
+                               "caching (with a cache set it builds the cache itself). Run `hf-distill train`, or "
+                               "point the teacher's model at the fine-tuned folder and drop finetune."])
     run = _load_run(recipe, echo, training=False)
-    return _build_cache(recipe, run, echo)
+    return _build_caches(recipe, run, echo)
 
 
 def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
@@ -337,8 +394,8 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     run = _load_run(recipe, echo)
     config, adapter, data, teacher, out = run.config, run.adapter, run.data, run.teacher, recipe.output_dir
     task_name, tokenizer, collator = run.task_name, run.tokenizer, run.collator
-    if recipe["teacher"].get("cache"):
-        config.teacher_cache = _build_cache(recipe, run, echo)
+    if recipe.teacher.get("cache"):  # in a list, every teacher has its own cache (checked by the recipe)
+        config.teacher_cache = _build_caches(recipe, run, echo)
 
     # 3. Student.
     spec = recipe["student"]
@@ -352,8 +409,10 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     # 4. Distillation.
     # With `teacher_scores_column` the teacher's scores come from the data; the model is still the report's teacher.
     # With a cache, the teacher is still given: the cache is checked against it, and uncached evaluation uses it.
+    # Several teachers: the trainer combines them (teacher_weights from each `weight`; docs/multi-teacher.md).
+    teachers = run.teachers if recipe.ensemble else teacher
     trainer = DistillationTrainer(
-        model=student, teacher_model=None if config.teacher_scores_column else teacher, args=config,
+        model=student, teacher_model=None if config.teacher_scores_column else teachers, args=config,
         train_dataset=data["train"], eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer,
     )
     if teacher is None:  # a moving-average teacher: the report compares the student with it
@@ -374,13 +433,14 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     resolved = {**recipe.raw, "training": {**recipe.training}}
     (out / RECIPE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
 
-    # 5. Report.
-    teacher_spec = recipe["teacher"]
+    # 5. Report: the student against the teacher, or against the whole ensemble (all teachers, run in turn).
+    teacher_spec = recipe.teacher
     if "ema_of_student" in teacher_spec:
         teacher_name = f"moving average of the student (decay {teacher_spec['ema_of_student']['decay']})"
     else:
-        teacher_name = str(teacher_spec.get("model") or f"{out / 'teacher'} (trained from teacher.config)")
-    report = _report(trainer, teacher, task_name, metrics, data.get("eval", data["train"]), teacher_name, echo)
+        teacher_name = _teacher_name(recipe, config.teacher_combine)
+    report = _report(trainer, _report_teacher(trainer, teacher), task_name, metrics, data.get("eval", data["train"]),
+                     teacher_name, echo)
     echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
     if hub.get("push"):
         push_output_dir(out, recipe, echo)
@@ -430,14 +490,22 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
     causal = getattr(adapter, "causal", False)
     data = _tokenize({"eval": raw["eval"]}, tokenizer, task_name, causal, recipe)
     collator = _collator(task_name, causal, tokenizer)
-    teacher_dir = out / "teacher"
-    if "ema_of_student" in recipe["teacher"]:
-        teacher_ref = None  # the trainer copies the student; the saved moving average is loaded into it below
-    elif (teacher_dir / "config.json").is_file():
-        teacher_ref = str(teacher_dir)
-    else:
-        teacher_ref = resolve_model_reference(recipe["teacher"]["model"], recipe)
+    refs = [str(teacher_dir(recipe, k)) if (teacher_dir(recipe, k) / "config.json").is_file()
+            else resolve_model_reference(spec["model"], recipe) for k, spec in enumerate(recipe.teachers)
+            if "ema_of_student" not in spec]
+    teacher_ref = refs[0] if refs else None  # None: the trainer copies the student; the saved average is loaded below
     config = build_config(recipe, task=task_name, output_dir=str(out))
+    teachers: Any = teacher_ref
+    if recipe.ensemble:  # each listed teacher loaded with its own dtype and init_kwargs
+        from .config import _DTYPE_ALIASES
+        from .teacher import load_teacher
+
+        teachers = []
+        for k, (ref, spec) in enumerate(zip(refs, recipe.teachers, strict=True)):
+            dtype = _DTYPE_ALIASES.get(spec.get("dtype", "auto"), spec.get("dtype", "auto"))
+            fix = f"set `{recipe.teacher_key(k, 'init_kwargs')}.trust_remote_code: true` in the recipe"
+            with remote_code_guard(ref, fix):
+                teachers.append(load_teacher(ref, adapter, dtype, spec.get("init_kwargs")))
     config.teacher_scores_column = None  # evaluation runs the teacher itself, so its metrics are reported too
     if teacher_ref is None:
         from safetensors.torch import load_file
@@ -446,16 +514,44 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
 
         if not (out / EMA_TEACHER_NAME).is_file():
             raise RecipeError([f"{str(out)!r} has no {EMA_TEACHER_NAME}: the moving-average teacher was not saved."])
-    trainer = DistillationTrainer(model=str(out), teacher_model=teacher_ref, args=config,
+    trainer = DistillationTrainer(model=str(out), teacher_model=teachers, args=config,
                                   eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer)
     if teacher_ref is None:
         trainer.teacher_model.load_state_dict(load_file(out / EMA_TEACHER_NAME, device=str(config.device)))
     metrics = trainer.evaluate()
     if task_name == "embedding":
         metrics.update(_task_metrics(trainer, task_name, recipe))
-    report = _report(trainer, trainer.teacher_model, task_name, metrics, data["eval"],
-                     teacher_ref or "moving average of the student", echo)
+    if recipe.ensemble:
+        name = _teacher_name(recipe, config.teacher_combine, refs)
+    else:
+        name = teacher_ref or "moving average of the student"
+    report = _report(trainer, _report_teacher(trainer, trainer.teacher_model), task_name, metrics, data["eval"], name,
+                     echo)
     return report
+
+
+def _teacher_name(recipe: Recipe, combine: str, refs: list[str] | None = None) -> str:
+    """How the report names the teacher: its reference, or every teacher of an ensemble with its weight."""
+    names = []
+    for k, spec in enumerate(recipe.teachers):
+        if refs is not None:
+            names.append(refs[k])
+        else:
+            names.append(str(spec.get("model") or f"{teacher_dir(recipe, k)} (trained from "
+                                                   f"{recipe.teacher_key(k, 'config')})"))
+    if len(names) == 1:
+        return names[0]
+    listed = " + ".join(f"{name} (weight {spec.get('weight', 1)})" for name, spec in zip(names, recipe.teachers,
+                                                                                          strict=True))
+    return f"ensemble of {len(names)} teachers ({combine}): {listed}"
+
+
+def _report_teacher(trainer: Any, teacher: Any) -> Any:
+    """The teacher the report compares the student with: the teacher, or the ensemble of the trainer's teachers."""
+    from .report import TeacherEnsemble
+
+    models = getattr(trainer, "teacher_models", None) or []
+    return TeacherEnsemble(models) if len(models) > 1 else teacher
 
 
 def _task_metrics(trainer: Any, task_name: str, recipe: Recipe) -> dict[str, float]:
@@ -476,7 +572,8 @@ def _report(trainer: Any, teacher: Any, task_name: str, metrics: dict[str, float
     size = min(len(sample), trainer.args.per_device_eval_batch_size)
     batch = trainer.data_collator([sample[i] for i in range(size)])
     batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
-    inputs = [trainer.task.latency_inputs(model, batch) for model in (teacher, trainer.model)]
+    first = teacher.members[0] if hasattr(teacher, "members") else teacher  # an ensemble: its teachers' inputs
+    inputs = [trainer.task.latency_inputs(model, batch) for model in (first, trainer.model)]
     out = trainer.args.output_dir
     report = build_report(task_name, teacher, trainer.model, metrics, inputs, teacher_name, out)
     write_report(report, out)

@@ -445,7 +445,7 @@ def plan_students(
     if positions is not None and getattr(teacher_config, "vocab_size", None) and seq_len > positions:
         raise PlanError(f"`--seq-len` is {seq_len} but {architecture} takes at most {positions} positions; use "
                         f"--seq-len {min(128, positions)} (or any value up to {positions}).")
-    if quick_distill and recipe["teacher"].get("finetune"):
+    if quick_distill and recipe.teacher.get("finetune"):
         raise PlanError("`--quick-distill`: the recipe fine-tunes its teacher first (teacher.finetune). Train it "
                         "once with `hf-distill train`, then give --teacher RUN_DIR/teacher and --set "
                         "teacher.finetune=null.")
@@ -463,7 +463,7 @@ def plan_students(
         model = teacher
     else:
         say(f"Loading the teacher ({reference})")
-        kwargs = dict(recipe["teacher"].get("init_kwargs") or {}) if recipe is not None else {}
+        kwargs = dict(recipe.teacher.get("init_kwargs") or {}) if recipe is not None else {}
         model = _load_teacher(reference, teacher_config, task, "--teacher", **kwargs)
     model = model.to(device)
     candidates: list[tuple[str, str, int, float, nn.Module, list[int] | None]] = []
@@ -526,12 +526,12 @@ def _resolve_teacher(teacher: Any, recipe: Any, task: str | None, quick_distill:
             raise PlanError("`teacher`: with a recipe, give the teacher as a folder or Hub id (the recipe loads it), "
                             f"not a {type(teacher).__name__} object.")
         recipe = _plan_recipe(recipe, teacher, quick_distill, eval_samples)
-        if "model" not in recipe["teacher"]:
+        if "model" not in recipe.teacher:
             raise PlanError("`--teacher` is required: the recipe's teacher is built from `teacher.config` and trained "
                             "by `hf-distill train`; give --teacher with a trained model folder.")
         from .pipeline import _resolve_task
 
-        reference = resolve_model_reference(recipe["teacher"]["model"], recipe)
+        reference = resolve_model_reference(recipe.teacher["model"], recipe)
         teacher_config = _load_config(reference, "--teacher")
         recipe_task = _resolve_task(recipe)
         if task not in (None, "auto", recipe_task):
@@ -561,8 +561,14 @@ def _plan_recipe(recipe: Any, teacher: Any, steps: int, eval_samples: int | None
     if teacher is not None:
         # The given teacher is the one to measure and distil from: a recipe's random `config` teacher and its
         # `finetune` step describe another one.
-        spec = {k: v for k, v in (raw.get("teacher") or {}).items() if k not in ("config", "finetune")}
-        raw["teacher"] = {**spec, "model": str(teacher)}
+        # With several teachers (a list) the given one replaces the primary (first) teacher.
+        listed = raw.get("teacher") if isinstance(raw.get("teacher"), list) else None
+        primary = (listed[0] if listed else raw.get("teacher")) or {}
+        spec = {k: v for k, v in primary.items() if k not in ("config", "finetune")}
+        if listed:
+            raw["teacher"] = [{**spec, "model": str(teacher)}, *listed[1:]]
+        else:
+            raw["teacher"] = {**spec, "model": str(teacher)}
     if steps:
         raw.setdefault("training", {})
         raw["training"] = {**raw["training"], "max_steps": steps, "num_train_epochs": 1, "save_strategy": "no",

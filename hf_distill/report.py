@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["forward_times", "measure_latency", "model_size_mb", "build_report", "format_report", "write_report"]
+__all__ = ["TeacherEnsemble", "forward_times", "measure_latency", "model_size_mb", "build_report", "format_report",
+           "write_report"]
 
 # The task metric the report shows, from `trainer.evaluate()`: (student key, teacher key, higher is better).
 _TASK_METRICS = {
@@ -22,6 +23,18 @@ _TASK_METRICS = {
     "embedding": ("eval_ndcg@10_aligned", "eval_ndcg@10_teacher", True),
     "ranking": ("eval_mrr@10", "eval_teacher_mrr@10", True),
 }
+
+
+class TeacherEnsemble(nn.Module):
+    """Several teachers as one model for the report: its parameters and size are their sums, and a forward pass runs
+    every teacher in turn on the same inputs (what the ensemble costs per batch)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, **inputs: Any) -> list[Any]:
+        return [member(**inputs) for member in self.members]
 
 
 def count_parameters(model: nn.Module) -> int:

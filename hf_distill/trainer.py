@@ -117,12 +117,19 @@ class DistillationTrainer(Trainer):
             raise ValueError("`model` (the student) is required.")
         scores_column = args.teacher_scores_column
         ema = args.teacher_ema_decay is not None
-        teacher_inputs = self._teacher_inputs(teacher_model, args)
-        ensemble = len(teacher_inputs) > 1
-        if ensemble and (args.teacher_cache or scores_column):
-            raise ValueError(f"`teacher_model` holds {len(teacher_inputs)} teachers; `teacher_cache` and "
-                             "`teacher_scores_column` stand for one teacher and cannot be combined with an ensemble "
-                             "yet. Unset them to run the teachers live.")
+        cache_paths = self._cache_paths(args)
+        teacher_inputs = self._teacher_inputs(teacher_model, args, len(cache_paths))
+        ensemble = len(teacher_inputs) > 1 or len(cache_paths) > 1
+        if ensemble and scores_column:
+            raise ValueError(f"`teacher_model` holds {len(teacher_inputs)} teachers; `teacher_scores_column` stands "
+                             "for one teacher and cannot be combined with an ensemble. Unset it to run the teachers.")
+        if len(cache_paths) > 1 and teacher_inputs and len(teacher_inputs) != len(cache_paths):
+            raise ValueError(f"`teacher_cache` lists {len(cache_paths)} caches but `teacher_model` has "
+                             f"{len(teacher_inputs)} teacher(s); give one cache per teacher, in the same order (or "
+                             "teacher_model=None to train from the caches alone).")
+        if len(cache_paths) == 1 and len(teacher_inputs) > 1:
+            raise ValueError(f"`teacher_cache` is one cache but `teacher_model` has {len(teacher_inputs)} teachers; "
+                             "give a list of cache folders, one per teacher, in the same order.")
         teacher_model = teacher_inputs[0] if len(teacher_inputs) == 1 else teacher_model
         if ema and (teacher_model is not None or args.teacher_cache or scores_column or args.teacher_is_student_base):
             raise ValueError("`teacher_ema_decay` makes a moving average of the student the teacher; do not also give "
@@ -182,8 +189,13 @@ class DistillationTrainer(Trainer):
         teacher_objectives = [o.objective for o in self.objectives if o.objective.uses_teacher]
         self._teacher_requires = frozenset().union(*(o.requires for o in teacher_objectives))
         self._uses_teacher = bool(teacher_objectives)
-        cache = self._open_cache(args.teacher_cache) if args.teacher_cache is not None else None
+        several = len(cache_paths) > 1
+        caches = [self._open_cache(path, f"teacher_cache[{k}]" if several else "teacher_cache")
+                  for k, path in enumerate(cache_paths)]
+        cache = caches[0] if caches else None
+        #: The teacher-signal cache (the first one with several teachers; all of them in `teacher_caches`).
         self.teacher_cache = cache
+        self.teacher_caches: list[TeacherCache] = caches
 
         teachers: list[nn.Module] = []
         if ema:  # the mean teacher starts as an exact copy of the student (PEFT wrapper and all)
@@ -193,20 +205,23 @@ class DistillationTrainer(Trainer):
                 loaded = freeze_teacher(load_teacher(given, self.task, args.teacher_dtype,
                                                      args.teacher_model_init_kwargs))
                 self.task.check_teacher(loaded)
-                if cache is not None:
-                    cache.check_teacher(loaded)
                 check_models(model, loaded)
+            if caches:
+                caches[k].check_teacher(loaded)  # names `teacher_cache[k]` itself
             teachers.append(loaded)
         teacher = teachers[0] if teachers else None
         check_models(model, teacher)
         if cache is not None and teacher is None:
             self.task.teacher_widths = dict(cache.metadata.get("widths", {}))
+            widths = [c.metadata.get("widths", {}).get("embeddings") for c in caches]
+            if several and None not in widths and len(set(widths)) > 1:  # concatenated, as live teachers would be
+                self.task.teacher_widths["embeddings"] = sum(widths)
         for prepared in reversed(teachers):  # the first teacher prepared last: it decides the student's defaults
             self.task.prepare(model, prepared, args)
         if not teachers:
             self.task.prepare(model, None, args)
-        weights = self._ensemble_weights(args, len(teachers))
-        setup_teacher = self._setup_teacher(teachers, weights)
+        weights = self._ensemble_weights(args, max(len(teachers), len(caches)))
+        setup_teacher = self._setup_teacher(teachers, weights) if teachers else None
         for item in self.objectives:
             item.objective.setup(self.task, model, setup_teacher)
         tokenizer = kwargs.get("processing_class")
@@ -219,7 +234,8 @@ class DistillationTrainer(Trainer):
                 ))
         logit_width = logit_widths[0] if logit_widths else None
         if cache is not None and teacher is None:
-            logit_width = self._cached_logit_width(cache, model)
+            logit_widths = [self._cached_logit_width(c, model) for c in caches]
+            logit_width = logit_widths[0]
         self._eval_collator = None
         if kwargs.get("data_collator") is None:
             text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
@@ -228,7 +244,7 @@ class DistillationTrainer(Trainer):
                 kwargs["data_collator"] = collator
                 self._eval_collator = self.task.default_collator(text_tokenizer, args, model, teacher, training=False)
         if cache is not None:
-            self._attach_cache_rows(cache, kwargs, tokenizer, live_teacher=teacher is not None)
+            self._attach_cache_rows(caches, kwargs, tokenizer, live_teacher=teacher is not None)
         columns = getattr(kwargs.get("train_dataset"), "column_names", None)
         if scores_column is not None and isinstance(columns, list) and scores_column not in columns:
             raise ValueError(f"`teacher_scores_column={scores_column!r}` is not a column of the training data (its "
@@ -255,7 +271,14 @@ class DistillationTrainer(Trainer):
                 self.teacher_source = EnsembleTeacher(
                     sources, weights, args.teacher_combine, _mix_temperature(self.objectives, args),
                 )
-        if cache is not None:  # cached rows come from the cache; others from the live teacher, if any
+        if several:  # one cached source per teacher (falling back to that teacher live), combined as live ones are
+            sources = [CachedTeacher(c, self.task, LiveTeacher(self.teacher_models[k], self.task, logit_widths[k])
+                                     if self.teacher_models else None, logit_widths[k])
+                       for k, c in enumerate(caches)]
+            self.teacher_source = EnsembleTeacher(sources, weights, args.teacher_combine,
+                                                  _mix_temperature(self.objectives, args),
+                                                  names=[f"`teacher_cache[{k}]`" for k in range(len(caches))])
+        elif cache is not None:  # cached rows come from the cache; others from the live teacher, if any
             fallback = self.teacher_source if teacher is not None else None
             self.teacher_source = CachedTeacher(cache, self.task, fallback, logit_width)
         self.objectives.to(self.args.device)
@@ -288,7 +311,13 @@ class DistillationTrainer(Trainer):
         return teacher
 
     @staticmethod
-    def _teacher_inputs(teacher_model: Any, args: DistillationConfig) -> list[Any]:
+    def _cache_paths(args: DistillationConfig) -> list[str]:
+        """`teacher_cache` as a list of folders (empty when unset)."""
+        given = args.teacher_cache
+        return [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
+
+    @staticmethod
+    def _teacher_inputs(teacher_model: Any, args: DistillationConfig, caches: int = 0) -> list[Any]:
         """``teacher_model`` as a list (empty for None; paths as strings), with the ensemble options checked against
         the number of teachers before any model is loaded."""
         if isinstance(teacher_model, (list, tuple)):
@@ -306,7 +335,10 @@ class DistillationTrainer(Trainer):
         if weights is not None and given and len(weights) != len(given):
             raise ValueError(f"`teacher_weights` has {len(weights)} entries ({weights}) but `teacher_model` has "
                              f"{len(given)} teacher(s); give one weight per teacher, in the same order.")
-        if len(given) <= 1:
+        if weights is not None and not given and caches > 1 and len(weights) != caches:
+            raise ValueError(f"`teacher_weights` has {len(weights)} entries ({weights}) but `teacher_cache` lists "
+                             f"{caches} caches; give one weight per cache, in the same order.")
+        if len(given) <= 1 and caches <= 1:
             unused = [name for name, default in (("teacher_weights", None), ("teacher_mix_temperature", None),
                                                  ("teacher_combine", "probs")) if getattr(args, name) != default]
             if unused:
@@ -345,16 +377,16 @@ class DistillationTrainer(Trainer):
 
     # ---- teacher-signal cache ------------------------------------------------------------------------------------
 
-    def _open_cache(self, path: str) -> TeacherCache:
+    def _open_cache(self, path: str, key: str = "teacher_cache") -> TeacherCache:
         """Open the cache and check, before any model is loaded, that it suits this run's task and objectives."""
-        cache = TeacherCache(path)
+        cache = TeacherCache(path, key)
         if cache.task != self.task.name:
-            raise ValueError(f"`teacher_cache`: {path!r} holds a {cache.task!r} teacher's signals but this run's task "
+            raise ValueError(f"`{key}`: {path!r} holds a {cache.task!r} teacher's signals but this run's task "
                              f"is {self.task.name!r}. Use a cache built for this task.")
         missing = self._teacher_requires - cache.provides() - {"labels", "mask"}
         if missing:
             raise ValueError(
-                f"`teacher_cache`: the objectives need the teacher's {sorted(missing)} but {path!r} holds "
+                f"`{key}`: the objectives need the teacher's {sorted(missing)} but {path!r} holds "
                 f"{sorted(cache.provides())}. Rebuild the cache with them (hidden states: `hidden_layers`), or use a "
                 "live teacher." + (" In-batch negatives (`batch_scores`) need a live bi-encoder teacher."
                                    if "batch_scores" in missing else "")
@@ -372,35 +404,54 @@ class DistillationTrainer(Trainer):
             logger.warning(f"The cached teacher's vocabulary ({teacher_width}) is padded beyond the student's "
                            f"({student_width}); logits are compared on the shared range.")
             return student_width
-        raise ValueError(f"`teacher_cache`: the cached teacher has {teacher_width} outputs but the student has "
+        raise ValueError(f"`{cache.key}`: the cached teacher has {teacher_width} outputs but the student has "
                          f"{student_width}; they must match (a top-k cache cannot be cut to a smaller vocabulary). "
                          "Use a student with the teacher's vocabulary / labels.")
 
-    def _attach_cache_rows(self, cache: TeacherCache, kwargs: dict[str, Any], tokenizer: Any, live_teacher: bool
-                           ) -> None:
-        """Number the rows of the datasets the cache holds (`ROW_COLUMN`) and wrap the collators so the row numbers
-        reach the teacher source. The training data must be cached; evaluation data may not be."""
+    def _attach_cache_rows(self, caches: list[TeacherCache], kwargs: dict[str, Any], tokenizer: Any,
+                           live_teacher: bool) -> None:
+        """Number the rows of the datasets the caches hold (`ROW_COLUMN`) and wrap the collators so the row numbers
+        reach the teacher source. The training data must be cached; evaluation data may not be.
+
+        Several caches (one per teacher) share the one row column: a row code is the cached split and the row's
+        position in it, so every cache must hold each dataset as the same split (built from the same datasets); a
+        cache that does not is named by its index. Evaluation data is read from the caches only when all hold it."""
+        from .cache import dataset_fingerprint
+
+        def split_in_all(dataset: Any) -> tuple[str | None, list[str | None]]:
+            fingerprint = dataset_fingerprint(dataset)
+            splits = [c.split_of(dataset, fingerprint) for c in caches]
+            found = {split for split in splits if split is not None}
+            if len(found) > 1:
+                named = ", ".join(f"`{c.key}`: {split!r}" for c, split in zip(caches, splits, strict=True))
+                raise StaleCacheError(f"The caches hold this data as different splits ({named}); the teachers' "
+                                      "caches must be built from the same train and eval datasets. Rebuild them so.")
+            return (found.pop() if found and None not in splits else None), splits
+
         train = kwargs.get("train_dataset")
         if train is not None:
-            split = cache.split_of(train)
+            split, splits = split_in_all(train)
             if split is None:
-                cached = ", ".join(f"{k} ({v['rows']} rows)" for k, v in cache.metadata["splits"].items())
+                stale = caches[splits.index(None)]
+                cached = ", ".join(f"{k} ({v['rows']} rows)" for k, v in stale.metadata["splits"].items())
                 raise StaleCacheError(
-                    f"`teacher_cache`: the training data does not match any split cached in {str(cache.path)!r} "
+                    f"`{stale.key}`: the training data does not match any split cached in {str(stale.path)!r} "
                     f"(cached: {cached}; "
                     f"this data: {len(train)} rows). The cache is stale: rebuild it with this data (same rows, "
                     "order, columns and tokenisation)."
                 )
-            kwargs["train_dataset"] = train.add_column(ROW_COLUMN, cache.row_codes(split, len(train)))
+            kwargs["train_dataset"] = train.add_column(ROW_COLUMN, caches[0].row_codes(split, len(train)))
         evals = kwargs.get("eval_dataset")
         named = evals if isinstance(evals, dict) else {None: evals}
         for name, dataset in list(named.items()):
-            split = cache.split_of(dataset) if dataset is not None else None
+            split, splits = split_in_all(dataset) if dataset is not None else (None, [])
             if split is not None:
-                named[name] = dataset.add_column(ROW_COLUMN, cache.row_codes(split, len(dataset)))
+                named[name] = dataset.add_column(ROW_COLUMN, caches[0].row_codes(split, len(dataset)))
             elif dataset is not None and not live_teacher:
-                logger.warning("The evaluation data is not in the teacher cache and no teacher model is given: it "
-                               "is evaluated without teacher signals (no distillation loss or fidelity metrics).")
+                some = len(caches) > 1 and any(s is not None for s in splits)
+                logger.warning("The evaluation data is not in " + ("every teacher cache" if some else "the teacher "
+                               "cache") + " and no teacher model is given: it is evaluated without teacher signals "
+                               "(no distillation loss or fidelity metrics).")
         kwargs["eval_dataset"] = named if isinstance(evals, dict) else named[None]
         collator = kwargs.get("data_collator") or trainer_default_collator(tokenizer)
         kwargs["data_collator"] = RowIdCollator(collator)

@@ -11,6 +11,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from hf_distill import DistillationTrainer
+from hf_distill.cache import ROW_COLUMN
 from hf_distill.signals import Signals, combine_signals, mixture_logits, weighted_mean
 from tests.helpers import config, lm_dataset, pad_collate, single_thread, tiny_bert_classifier, tiny_gpt2  # noqa: F401
 
@@ -179,9 +180,12 @@ def test_bad_ensembles_are_refused_before_training(tmp_path):
         DistillationTrainer(model=student, teacher_model=[tiny_gpt2(2), student], args=config(tmp_path))
     with pytest.raises(ValueError, match="`teacher_model` is an empty list"):
         DistillationTrainer(model=student, teacher_model=[], args=config(tmp_path))
-    with pytest.raises(ValueError, match="cannot be combined with an ensemble"):
+    with pytest.raises(ValueError, match="`teacher_cache` is one cache but `teacher_model` has 2 teachers"):
         DistillationTrainer(model=student, teacher_model=[tiny_gpt2(2), tiny_gpt2(2)],
                             args=config(tmp_path, teacher_cache=str(tmp_path / "cache")))
+    with pytest.raises(ValueError, match="`teacher_scores_column` stands for one teacher"):
+        DistillationTrainer(model=student, teacher_model=[tiny_gpt2(2), tiny_gpt2(2)],
+                            args=config(tmp_path, teacher_scores_column="scores"))
     assert not (tmp_path / "out").exists()
 
 
@@ -223,6 +227,70 @@ def test_embedding_teachers_are_averaged_or_concatenated_by_width(tmp_path):
     torch.testing.assert_close(combined, torch.cat([0.5 * embedding(one), 0.75**0.5 * embedding(wide)], -1))
     assert mixed.objectives[0].objective.projection.out_features == 40  # sized to the concatenation
     _eval_loss(mixed, batch)  # the projection and the concatenated teacher line up
+
+
+# ---- one cache per teacher ---------------------------------------------------------------------------------------
+
+
+def _cache(path, teacher, train, eval_data=None):
+    from hf_distill.cache import cache_teacher
+
+    return cache_teacher(teacher, train, path, eval_dataset=eval_data, data_collator=pad_collate, batch_size=3,
+                         progress=False)
+
+
+def test_one_cache_per_teacher_equals_the_live_ensemble(tmp_path):
+    teachers = [tiny_gpt2(2, seed=2), tiny_gpt2(2, hidden=48, seed=3)]
+    train, held_out = lm_dataset(LENGTHS), lm_dataset(LENGTHS[:3], seed=4)
+    # the second cache holds only the training data: its rows are numbered as the first cache numbers them
+    caches = [_cache(tmp_path / "a", teachers[0], train, held_out), _cache(tmp_path / "b", teachers[1], train)]
+    objectives = [{"name": "kl", "weight": 0.7, "temperature": 2.0}, {"name": "ce", "weight": 0.3}]
+
+    def trainer(name, teacher_model, cache=None, eval_dataset=None):
+        args = config(tmp_path / name, objectives=objectives, teacher_weights=[3, 1], per_device_train_batch_size=3,
+                      max_steps=2, learning_rate=1e-2, logging_steps=1, optim="sgd",
+                      teacher_cache=None if cache is None else [str(c.path) for c in cache])
+        return DistillationTrainer(model=tiny_gpt2(1, seed=1), teacher_model=teacher_model, args=args,
+                                   data_collator=pad_collate, train_dataset=train, eval_dataset=eval_dataset)
+
+    live = trainer("live", teachers)
+    cached = trainer("cached", None, caches, eval_dataset=held_out)
+    assert cached.teacher_model is None and [c.path for c in cached.teacher_caches] == [c.path for c in caches]
+    batch = next(iter(cached.get_train_dataloader()))  # a batch with the row codes of both caches
+    live_batch = {k: v for k, v in batch.items() if k != ROW_COLUMN}
+    torch.testing.assert_close(_eval_loss(cached, batch), _eval_loss(live, live_batch), atol=1e-6, rtol=1e-6)
+    live.train()
+    cached.train()
+    logged = [[e["loss"] for e in t.state.log_history if "loss" in e] for t in (live, cached)]
+    assert logged[1] == pytest.approx(logged[0], rel=1e-5, abs=1e-6)
+    # held-out data is in the first cache only: evaluated without teacher signals (no live teacher), with a warning
+    assert "eval_loss/kl" not in cached.evaluate()
+    # with the teachers given too, each is checked against its cache, and uncached data runs them live
+    both = trainer("both", teachers, caches, eval_dataset=held_out)
+    assert "eval_loss/kl" in both.evaluate()
+
+
+def test_a_stale_cache_among_several_is_refused_naming_its_index(tmp_path):
+    from hf_distill.cache import StaleCacheError
+
+    teachers = [tiny_gpt2(2, seed=2), tiny_gpt2(2, seed=3)]
+    train = lm_dataset(LENGTHS)
+    fresh, other_data = _cache(tmp_path / "a", teachers[0], train), _cache(tmp_path / "b", teachers[1],
+                                                                          lm_dataset(LENGTHS, seed=9))
+    args = config(tmp_path / "run", objectives=["kl"], teacher_cache=[str(fresh.path), str(other_data.path)])
+    with pytest.raises(StaleCacheError, match=r"`teacher_cache\[1\]`: the training data does not match any split"):
+        DistillationTrainer(model=tiny_gpt2(1), args=args, data_collator=pad_collate, train_dataset=train)
+    # a cache built with another teacher's weights
+    args = config(tmp_path / "run", objectives=["kl"], teacher_cache=[str(fresh.path), str(fresh.path)])
+    with pytest.raises(StaleCacheError, match=r"`teacher_cache\[1\]`: .* was built with another teacher"):
+        DistillationTrainer(model=tiny_gpt2(1), teacher_model=teachers, args=args, data_collator=pad_collate,
+                            train_dataset=train)
+    with pytest.raises(ValueError, match=r"`teacher_cache` lists 2 caches but `teacher_model` has 3 teacher"):
+        DistillationTrainer(model=tiny_gpt2(1), teacher_model=[*teachers, teachers[0]], args=args)
+    with pytest.raises(ValueError, match="`teacher_cache` must be a cache folder, or a non-empty list"):
+        config(tmp_path, teacher_cache=[])
+    assert config(tmp_path, teacher_cache='["caches/a", "caches/b"]').teacher_cache == ["caches/a", "caches/b"]
+    assert config(tmp_path, teacher_cache=[tmp_path / "a"]).teacher_cache == str(tmp_path / "a")  # a list of one
 
 
 @pytest.mark.slow
