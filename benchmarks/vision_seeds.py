@@ -141,7 +141,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, accs in results.items():
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        objectives = " + ".join(f"{o['name']}" + (f" {o['weight']}" if "weight" in o else "") for o in VARIANTS[name])
+        objectives = " + ".join(o["name"] + (f" {o['weight']}" if "weight" in o else "")
+                                + (f" (T = {o['temperature']})" if "temperature" in o else "") for o in VARIANTS[name])
         print(f"| {name} | {objectives} | {statistics.mean(accs):.4f} ± {std:.4f} | "
               f"{', '.join(f'{a:.4f}' for a in accs)} |")
     print(f"| teacher | ce | {teacher_acc:.4f} | 1 |")
