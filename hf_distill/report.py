@@ -18,6 +18,7 @@ __all__ = ["TeacherEnsemble", "forward_times", "measure_latency", "model_size_mb
 # The task metric the report shows, from `trainer.evaluate()`: (student key, teacher key, higher is better).
 _TASK_METRICS = {
     "classification": ("eval_accuracy", "eval_teacher_accuracy", True),
+    "vision": ("eval_accuracy", "eval_teacher_accuracy", True),
     "language": ("eval_perplexity", "eval_teacher_perplexity", False),
     # student queries against the teacher's index vs the teacher alone
     "embedding": ("eval_ndcg@10_aligned", "eval_ndcg@10_teacher", True),

@@ -9,7 +9,15 @@ import sys
 
 import pytest
 import yaml
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from hf_distill.cli import build_parser
 from hf_distill.recipes import shipped_recipes
@@ -33,13 +41,16 @@ def hf_distill(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_shipped_recipe_trains_and_evaluates(tmp_path, name):
     out = tmp_path / "out"
     short = [*SHORT, "--set", f"training.output_dir={out}"]
-    if yaml.safe_load(shipped_recipes()[name].read_text())["teacher"].get("finetune"):
+    recipe = yaml.safe_load(shipped_recipes()[name].read_text())
+    if recipe["teacher"].get("finetune"):
         short += ["--set", "teacher.finetune.max_steps=2"]
+    vision = recipe.get("task") == "vision"  # images: an image processor is saved instead of a tokenizer
     result = hf_distill("train", name, *short, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "teacher" in result.stdout and "student" in result.stdout and "latency / batch" in result.stdout
 
-    for file in ("config.json", "model.safetensors", "tokenizer_config.json", "recipe.yaml", "trainer_state.json",
+    processor_file = "preprocessor_config.json" if vision else "tokenizer_config.json"
+    for file in ("config.json", "model.safetensors", processor_file, "recipe.yaml", "trainer_state.json",
                  "report.json", "report.png"):
         assert (out / file).is_file(), file
     report = json.loads((out / "report.json").read_text())
@@ -52,7 +63,9 @@ def test_shipped_recipe_trains_and_evaluates(tmp_path, name):
         report["teacher"]["parameters"] / report["student"]["parameters"])
 
     architecture = AutoConfig.from_pretrained(out).architectures[0]
-    if "Classification" in architecture:
+    if "ImageClassification" in architecture:
+        auto = AutoModelForImageClassification
+    elif "Classification" in architecture:
         auto = AutoModelForSequenceClassification
     elif "CausalLM" in architecture or "LMHead" in architecture:
         auto = AutoModelForCausalLM
@@ -61,7 +74,7 @@ def test_shipped_recipe_trains_and_evaluates(tmp_path, name):
         assert (out / "modules.json").is_file()  # an embedding student is also a sentence-transformers folder
     student = auto.from_pretrained(out)
     assert sum(p.numel() for p in student.parameters()) == report["student"]["parameters"]
-    AutoTokenizer.from_pretrained(out)
+    (AutoImageProcessor if vision else AutoTokenizer).from_pretrained(out)
 
     again = hf_distill("evaluate", str(out), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
