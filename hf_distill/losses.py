@@ -424,6 +424,22 @@ def topk_divergence(
     return _reduce(_divergence_rows(divergence, log_ps, log_pt, beta), reduction) * temperature**2
 
 
+def _counted_labels(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``[...]`` booleans: the positions whose label is not ``-100`` and, if given, where ``mask`` is True; the shapes
+    of ``labels`` (``logits`` without the class dimension) and ``mask`` checked."""
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"`labels` must have shape {tuple(logits.shape[:-1])} (the logits without the class "
+            f"dimension), got {tuple(labels.shape)}."
+        )
+    keep = labels != -100
+    if mask is not None:
+        if mask.shape != labels.shape:
+            raise ValueError(f"`mask` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(mask.shape)}.")
+        keep = keep & mask.to(torch.bool)
+    return keep
+
+
 def ce(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -451,16 +467,7 @@ def ce(
         0.6931
     """
     _check_reduction(reduction)
-    if labels.shape != student_logits.shape[:-1]:
-        raise ValueError(
-            f"`labels` must have shape {tuple(student_logits.shape[:-1])} (the logits without the class "
-            f"dimension), got {tuple(labels.shape)}."
-        )
-    keep = labels != -100
-    if mask is not None:
-        if mask.shape != labels.shape:
-            raise ValueError(f"`mask` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(mask.shape)}.")
-        keep = keep & mask.to(torch.bool)
+    keep = _counted_labels(student_logits, labels, mask)
     logits = student_logits.reshape(-1, student_logits.shape[-1]).float()
     if not bool(torch.isfinite(logits).all()):  # a row of -inf would poison the fused op: keep counted rows only
         logits, targets = logits[keep.reshape(-1)], labels.reshape(-1)[keep.reshape(-1)]
@@ -632,16 +639,7 @@ def _labelled_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Checked ``[..., C]`` logits and ``[...]`` labels → the counted rows ``(student [N, C], teacher [N, C],
     labels [N])`` in float32. A row counts when its label is not ``-100`` and, if given, ``mask`` is True."""
-    if labels.shape != student_logits.shape[:-1]:
-        raise ValueError(
-            f"`labels` must have shape {tuple(student_logits.shape[:-1])} (the logits without the class "
-            f"dimension), got {tuple(labels.shape)}."
-        )
-    keep = labels != -100
-    if mask is not None:
-        if mask.shape != labels.shape:
-            raise ValueError(f"`mask` must have the shape of `labels` {tuple(labels.shape)}, got {tuple(mask.shape)}.")
-        keep = keep & mask.to(torch.bool)
+    keep = _counted_labels(student_logits, labels, mask)
     student, teacher = _select(student_logits, teacher_logits, keep)
     targets = labels.reshape(-1)[keep.reshape(-1)].long()
     num_classes = student.shape[-1]

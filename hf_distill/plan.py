@@ -118,30 +118,27 @@ class Plan:
 # ---- options ------------------------------------------------------------------------------------------------------
 
 
-def parse_int_list(text: str, option: str) -> list[int]:
-    """``"2,3,4"`` → ``[2, 3, 4]``; a `PlanError` naming ``option`` for anything else."""
+def _parse_list(text: str, option: str, convert: Any, what: str, item_kind: str, example: str) -> list[Any]:
+    """``text`` split at commas, each item through ``convert``; a `PlanError` naming ``option`` for a bad item."""
     values = []
     for item in text.split(","):
         item = item.strip()
         try:
-            values.append(int(item))
+            values.append(convert(item))
         except ValueError:
-            raise PlanError(f"`{option}` takes whole numbers separated by commas, got {text!r} ({item!r} is not an "
-                            f"integer). Example: {option} 2,3,4.") from None
+            raise PlanError(f"`{option}` takes {what}, got {text!r} ({item!r} is not {item_kind}). Example: "
+                            f"{option} {example}.") from None
     return values
+
+
+def parse_int_list(text: str, option: str) -> list[int]:
+    """``"2,3,4"`` → ``[2, 3, 4]``; a `PlanError` naming ``option`` for anything else."""
+    return _parse_list(text, option, int, "whole numbers separated by commas", "an integer", "2,3,4")
 
 
 def parse_float_list(text: str, option: str) -> list[float]:
     """``"1,0.5"`` → ``[1.0, 0.5]``; a `PlanError` naming ``option`` for anything else."""
-    values = []
-    for item in text.split(","):
-        item = item.strip()
-        try:
-            values.append(float(item))
-        except ValueError:
-            raise PlanError(f"`{option}` takes numbers separated by commas, got {text!r} ({item!r} is not a number). "
-                            f"Example: {option} 1,0.5.") from None
-    return values
+    return _parse_list(text, option, float, "numbers separated by commas", "a number", "1,0.5")
 
 
 def default_layer_counts(total: int) -> list[int]:

@@ -210,7 +210,7 @@ class DistillationTrainer(Trainer):
                 caches[k].check_teacher(loaded)  # names `teacher_cache[k]` itself
             teachers.append(loaded)
         teacher = teachers[0] if teachers else None
-        check_models(model, teacher)
+        check_models(model, None)  # the student (each loaded teacher was checked above; a moving average is a copy)
         if cache is not None and teacher is None:
             self.task.teacher_widths = dict(cache.metadata.get("widths", {}))
             widths = [c.metadata.get("widths", {}).get("embeddings") for c in caches]
