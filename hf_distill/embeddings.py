@@ -128,16 +128,26 @@ def encoders_from_trainer(trainer: Any, max_length: int = 256) -> tuple[Sentence
 
 
 def retrieval_evaluation(
-    student: SentenceEncoder, teacher: SentenceEncoder, split: str = "test", max_queries: int | None = None, k: int = 10
+    student: SentenceEncoder, teacher: SentenceEncoder, split: str = "test", max_queries: int | None = None,
+    k: int = 10, memo: dict[Any, Any] | None = None,
 ) -> dict[str, float]:
     """Retrieval on the bundled corpus (`embedding_metrics.retrieval_task`) in three modes: ``teacher`` (teacher
     queries, teacher index), ``student`` (student queries, student index) and ``aligned`` (student queries against
     the teacher's index — what a service gets when it swaps in the student without re-indexing). Keys like
-    ``ndcg@10_aligned``; the aligned mode is skipped when the widths differ (no projection)."""
+    ``ndcg@10_aligned``; the aligned mode is skipped when the widths differ (no projection).
+
+    ``memo``: a dict kept by the caller across evaluations with the same *frozen* teacher (before and after
+    training): the teacher's query and index embeddings are computed once and reused from it."""
     from .embedding_metrics import retrieval_scores, retrieval_task
 
     queries, docs, relevant = retrieval_task(split, max_queries=max_queries)
-    teacher_queries, teacher_docs = teacher.encode(queries), teacher.encode(docs)
+    key = ("teacher", split, max_queries)
+    if memo is not None and key in memo:
+        teacher_queries, teacher_docs = memo[key]
+    else:
+        teacher_queries, teacher_docs = teacher.encode(queries), teacher.encode(docs)
+        if memo is not None:
+            memo[key] = (teacher_queries, teacher_docs)
     student_queries, student_docs = student.encode(queries), student.encode(docs)
     modes = {"teacher": (teacher_queries, teacher_docs), "student": (student_queries, student_docs),
              "aligned": (student_queries, teacher_docs)}

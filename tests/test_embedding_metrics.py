@@ -375,3 +375,29 @@ def test_tfidf_retrieves_far_better_than_random_embeddings():
     assert random < 0.06
     assert tfidf > 0.25
     assert tfidf > 4 * random
+
+
+def test_retrieval_evaluation_reuses_a_frozen_teachers_embeddings_from_the_memo():
+    from hf_distill.embeddings import retrieval_evaluation
+
+    class Encoder:  # deterministic stand-in: an embedding per text from its hash, counting the texts it encodes
+        def __init__(self, seed):
+            self.seed, self.encoded = seed, 0
+
+        def encode(self, texts):
+            self.encoded += len(texts)
+            rows = [np.random.default_rng([self.seed, abs(hash(t)) % 2**32]).standard_normal(8) for t in texts]
+            return np.stack(rows).astype(np.float32)
+
+    student, teacher = Encoder(1), Encoder(2)
+    memo = {}
+    first = retrieval_evaluation(student, teacher, max_queries=5, memo=memo)
+    once = teacher.encoded
+    assert once > 5  # queries and the whole index
+    second = retrieval_evaluation(student, teacher, max_queries=5, memo=memo)
+    assert teacher.encoded == once and student.encoded == 2 * once  # the student is encoded again, the teacher not
+    assert second == first
+    retrieval_evaluation(student, teacher, max_queries=6, memo=memo)  # other queries: not taken from the memo
+    assert teacher.encoded > once
+    without = retrieval_evaluation(student, Encoder(2), max_queries=5)
+    assert without == first
