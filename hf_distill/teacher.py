@@ -219,6 +219,17 @@ def _fully_shard(teacher: nn.Module, plugin: Any, accelerator: Any) -> nn.Module
 
     if isinstance(teacher, FSDPModule):
         return teacher
+    on_meta = torch.tensor([float(any(p.is_meta for p in teacher.parameters()))], device=accelerator.device)
+    if torch.distributed.is_initialized():  # every process must take the same branch
+        torch.distributed.all_reduce(on_meta, op=torch.distributed.ReduceOp.MAX)
+    if on_meta.item():
+        raise ValueError(
+            "The teacher's weights are on the meta device in some process: FSDP's `cpu_ram_efficient_loading` loads "
+            "a model given as a path on process 0 only, and the FSDP2 teacher is not filled from there. Set "
+            "`fsdp_config={..., 'cpu_ram_efficient_loading': False}` (in an accelerate config: "
+            "`fsdp_cpu_ram_efficient_loading: false`), use FSDP1 (`'version': 1`, whose `sync_module_states` copies "
+            "process 0's weights), or train from a teacher cache."
+        )
     mesh = getattr(accelerator, "torch_device_mesh", None)
     options = {
         "reshard_after_forward": True,

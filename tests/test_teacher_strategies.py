@@ -188,3 +188,13 @@ def test_shards_parameters_per_strategy():
     assert not _shards_parameters(_accelerator(DistributedType.DEEPSPEED,
                                                deepspeed_plugin=types.SimpleNamespace(zero_stage=2)))
     assert not _shards_parameters(_accelerator(DistributedType.MULTI_CPU))
+
+
+def test_fsdp2_teacher_with_weights_on_the_meta_device_is_refused_with_the_fix():
+    """`cpu_ram_efficient_loading` leaves a teacher loaded from a path on the meta device outside process 0."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    teacher = tiny_gpt2(layers=1).to("meta")
+    with pytest.raises(ValueError, match="meta device.*cpu_ram_efficient_loading.*False"):
+        prepare_teacher(teacher, _accelerator(DistributedType.FSDP, fsdp_plugin=plugin), ARGS)
