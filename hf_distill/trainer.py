@@ -257,6 +257,7 @@ class DistillationTrainer(Trainer):
 
         #: Every teacher model, prepared (one, or several for an ensemble); `teacher_model` is the first (or None).
         self.teacher_models: list[nn.Module] = []
+        self._teacher_engines: list[Any] = []  # DeepSpeed engines whose modules are the ZeRO-3 teachers
         if args.teacher_is_student_base:
             self.teacher_model = None
             self.teacher_source = StudentBaseTeacher(model, self.task)
@@ -270,7 +271,6 @@ class DistillationTrainer(Trainer):
                     "and FSDP shard across processes. Use DDP or ZeRO-1/2 for a mean teacher, or unset "
                     "`teacher_ema_decay`."
                 )
-            self._teacher_engines: list[Any] = []
             self.teacher_models = [self._prepare_teacher(t) for t in teachers]
             self.teacher_model = self.teacher_models[0]
             self.teacher_source = LiveTeacher(self.teacher_model, self.task, logit_width)

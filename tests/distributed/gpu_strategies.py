@@ -61,7 +61,8 @@ def run_one(out: Path, strategy: str) -> None:
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # gathered under FSDP / ZeRO-3
     facts = {
-        "strategy": strategy, "processes": trainer.accelerator.num_processes,
+        "strategy": strategy,
+        "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
         "distributed_type": str(trainer.accelerator.distributed_type), "teacher_class": type(teacher).__name__,
         "teacher_devices": sorted({str(getattr(p, "_local_tensor", p).device) for p in params}),
         "teacher_held": sum(getattr(p, "_local_tensor", p).numel() for p in params),
@@ -71,7 +72,7 @@ def run_one(out: Path, strategy: str) -> None:
         "teacher_in_optimizer": any(id(p) in optimized for p in params),
         "history": [e for e in trainer.state.log_history if "loss" in e],
     }
-    if trainer.accelerator.is_main_process:
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # the gathered state is there
         facts["student_checksum"] = float(sum(v.double().abs().sum() for v in state.values()))
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{strategy}.json").write_text(json.dumps(facts))
