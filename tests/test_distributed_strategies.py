@@ -1,0 +1,86 @@
+"""The teacher under FSDP with several processes: `torchrun --nproc_per_node 2` on CPU (gloo). Each process holds
+half of the teacher, its forward on the process's own batch gives the whole teacher's logits, and a distillation with
+the sharded teacher makes the same update as one process with a whole teacher at the same global batch (see
+`tests/distributed/sharded_teacher.py` for why the student is DDP-wrapped there)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_distributed import ENV, _free_port
+
+SCRIPT = Path(__file__).parent / "distributed" / "sharded_teacher.py"
+
+
+@pytest.mark.slow
+def test_fsdp_teacher_is_sharded_gathers_correctly_and_distils_like_one_process(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(SCRIPT), str(tmp_path / "two")]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    for version, wrapper in ((1, "FullyShardedDataParallel"), (2, "FSDPGPT2LMHeadModel")):
+        ranks = json.loads((tmp_path / "two" / f"fsdp{version}.json").read_text())
+        assert [r["rank"] for r in ranks] == [0, 1]
+        for facts in ranks:
+            assert facts["class"] == wrapper and not facts["owner"], (version, facts)
+            assert facts["held_before"] == facts["held_after"] == facts["whole"] // 2, (version, facts)  # one half
+            assert facts["max_abs_difference"] < 1e-5, (version, facts)
+            assert not facts["training"] and not facts["requires_grad"], (version, facts)
+            assert facts["plugin_unchanged"], (version, facts)  # the student's auto-wrap policy is its own
+
+    from tests.distributed.sharded_teacher import train
+
+    train(tmp_path / "one", per_device=4, accumulation=2, shard_teacher=False)
+    two = json.loads((tmp_path / "two" / "train" / "result.json").read_text())
+    one = json.loads((tmp_path / "one" / "result.json").read_text())
+    assert two["processes_seen"] == 2 and one["processes_seen"] == 1
+    assert two["teacher_class"] == "FSDPGPT2LMHeadModel" and two["teacher_held"] * 2 == 42272
+    assert not two["teacher_in_optimizer"] and not two["teacher_training"]
+    assert len(two["history"]) == len(one["history"]) == 3
+    for a, b in zip(two["history"], one["history"], strict=True):
+        for key in ("loss", "loss/kl", "loss/ce"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a, b)
+    weights_two = load_file(tmp_path / "two" / "train" / "student.safetensors")
+    weights_one = load_file(tmp_path / "one" / "student.safetensors")
+    for name, value in weights_one.items():
+        assert torch.allclose(weights_two[name], value, atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_zero3_teacher_is_partitioned_and_distils_like_one_process(tmp_path):
+    """Needs `deepspeed` (not a test dependency: skipped in CI). On CPU every process trains on the same batches
+    (see `tests/distributed/zero3_teacher.py`), so the reference is one process at the same per-process batch."""
+    pytest.importorskip("deepspeed")
+    script = Path(__file__).parent / "distributed" / "zero3_teacher.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(script), str(tmp_path / "two")]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert two["processes"] == 2 and two["teacher_is_engine_module"]
+    assert two["teacher_numel"] == two["teacher_whole"]  # DeepSpeed manages every teacher parameter...
+    assert two["teacher_partitions"] * 2 == two["teacher_whole"]  # ...and each process stores half of them
+    assert two["teacher_held"] < two["teacher_whole"] // 10  # only the small ones (< 10 x hidden) stay whole
+    assert two["teacher_engine_optimizer"] == "DeepSpeedZeRoOffload"  # parameter hooks only: no optimizer
+    assert not two["teacher_training"] and not two["teacher_requires_grad"]
+
+    from tests.distributed.sharded_teacher import train
+
+    train(tmp_path / "one", per_device=2, accumulation=2, shard_teacher=False)
+    one = json.loads((tmp_path / "one" / "result.json").read_text())
+    assert len(two["history"]) == len(one["history"]) == 3
+    for a, b in zip(two["history"], one["history"], strict=True):
+        for key in ("loss", "loss/kl", "loss/ce"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a, b)
+    weights_two = load_file(tmp_path / "two" / "student.safetensors")
+    weights_one = load_file(tmp_path / "one" / "student.safetensors")
+    for name, value in weights_one.items():
+        assert torch.allclose(weights_two[name], value, atol=1e-5), name
