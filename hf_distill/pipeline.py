@@ -533,7 +533,7 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
         for adapter_config in trainer.accelerator.unwrap_model(trainer.model).peft_config.values():
             adapter_config.base_model_name_or_path = None
     if config.teacher_is_student_base:  # the report compares the student with its base model, adapter removed
-        teacher = _base_model_copy(trainer)
+        teacher = _base_model_copy(trainer) if main else None
     elif teacher is None:  # a moving-average teacher: the report compares the student with it
         teacher = trainer.teacher_model
     # A frozen teacher encodes the retrieval queries and index once for both evaluations; a moving-average one changes.
@@ -561,13 +561,16 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
 
     # 5. Report: the student against the teacher, or against the whole ensemble (all teachers, run in turn).
     report = None
-    if main:
-        report = _report(trainer, _report_teacher(trainer, teacher), task_name, metrics,
-                         data.get("eval", data["train"]), _report_teacher_name(recipe, config.teacher_combine), echo)
-        echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
-        if hub.get("push"):
-            push_output_dir(out, recipe, echo)
-    _wait_for_everyone(config)  # every process returns once the output folder is complete
+    try:
+        if main:
+            report = _report(trainer, _report_teacher(trainer, teacher), task_name, metrics,
+                             data.get("eval", data["train"]), _report_teacher_name(recipe, config.teacher_combine),
+                             echo)
+            echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
+            if hub.get("push"):
+                push_output_dir(out, recipe, echo)
+    finally:  # every process returns once the output folder is complete (or the main process failed)
+        _wait_for_everyone(config)
     return report
 
 
@@ -718,22 +721,23 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any] |
                                   eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer)
     if ema:
         trainer.teacher_model.load_state_dict(load_file(out / EMA_TEACHER_NAME, device=str(config.device)))
-    report_teacher = _base_model_copy(trainer) if config.teacher_is_student_base else trainer.teacher_model
     metrics = trainer.evaluate()
-    if not trainer.is_world_process_zero():
+    try:
+        if not trainer.is_world_process_zero():
+            return None
+        if task_name == "embedding":
+            metrics.update(_task_metrics(trainer, task_name, recipe))
+        if recipe.ensemble:
+            name = _teacher_name(recipe, config.teacher_combine, refs)
+        elif student_base:
+            name = _report_teacher_name(recipe, config.teacher_combine)
+        else:
+            name = teacher_ref or "moving average of the student"
+        report_teacher = _base_model_copy(trainer) if config.teacher_is_student_base else trainer.teacher_model
+        return _report(trainer, _report_teacher(trainer, report_teacher), task_name, metrics, data["eval"], name,
+                       echo)
+    finally:  # the main process writes the report while the others wait
         _wait_for_everyone(config)
-        return None
-    if task_name == "embedding":
-        metrics.update(_task_metrics(trainer, task_name, recipe))
-    if recipe.ensemble:
-        name = _teacher_name(recipe, config.teacher_combine, refs)
-    elif student_base:
-        name = _report_teacher_name(recipe, config.teacher_combine)
-    else:
-        name = teacher_ref or "moving average of the student"
-    report = _report(trainer, _report_teacher(trainer, report_teacher), task_name, metrics, data["eval"], name, echo)
-    _wait_for_everyone(config)
-    return report
 
 
 def _model_kwargs(recipe: Recipe, task_name: str, train: Any) -> dict[str, Any]:

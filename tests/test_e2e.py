@@ -34,6 +34,7 @@ SHORT = [
 # `hf-distill evaluate` takes the same path for these as for the recipe named next to them, which is re-evaluated
 # (the CI time goes to the runs that test something new).
 EVALUATED_BY_A_SIBLING = {
+    "classification-lora": "classification-topics",  # merged: a plain classifier (adapter folders: test_peft_recipes)
     "embedding-align": "quickstart",
     "language-gpt2-cached": "language-gpt2",
     "ranking-listwise": "ranking-margin-mse",
@@ -69,6 +70,8 @@ def test_shipped_recipe_trains_and_evaluates(tmp_path, name):
         assert row["parameters"] > 0 and row["size_mb"] > 0 and row["latency_ms_per_batch"] > 0
         assert row["metric"] is not None
     assert report["student"]["parameters"] < report["teacher"]["parameters"]
+    if (recipe["student"].get("peft") or {}).get("merge"):  # a merged PEFT student: the adapter is kept beside it
+        assert (out / "adapter" / "adapter_config.json").is_file()
     assert report["ratios"]["compression"] == pytest.approx(
         report["teacher"]["parameters"] / report["student"]["parameters"])
 
