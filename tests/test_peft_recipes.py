@@ -125,7 +125,7 @@ def test_a_lora_recipe_trains_only_the_adapter_and_the_merged_model_is_plain_and
     report = _train(tmp_path, _recipe(out, _finetuned_teacher(), {"from_teacher": {"layers": [1]},
                                                                   "peft": {**LORA, "merge": True}}))
     assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
-    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "adapter" / "training_args.bin").exists()
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
     merged = GPT2LMHeadModel.from_pretrained(out)  # plain transformers
     assert report["student"]["parameters"] == count_parameters(merged)
@@ -145,6 +145,9 @@ def test_a_lora_recipe_trains_only_the_adapter_and_the_merged_model_is_plain_and
 
     again = evaluate_output_dir(out, echo=lambda *a: None)
     assert again["student"]["metric"] == pytest.approx(report["student"]["metric"], rel=1e-4)
+    adapter = evaluate_output_dir(out / "adapter", echo=lambda *a: None)  # the adapter beside it: onto the base
+    assert adapter["student"]["metric"] == pytest.approx(report["student"]["metric"], rel=1e-4)
+    assert (out / "adapter" / "report.json").is_file()
 
 
 @pytest.mark.slow
