@@ -415,13 +415,19 @@ def _joint_chunk(
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """One chunk: float32 student logits ``[c, V]``, teacher logits ``[c, V]`` (None: no divergence) and label ids
     ``[c]`` (``-100``: no cross-entropy on that row) → per-row divergence ``D`` (no T²) or None, per-row CE (0 on
-    unlabelled rows) and, with ``need_grad``, ``∂(div_scale · D + ce_scale · CE)/∂z_s`` ``[c, V]``.
+    unlabelled rows) and, with ``need_grad``, ``∂(div_scale · D + ce_scale · CE)/∂z_s`` ``[c, V]``. ``ce_scale``
+    None: no row of the whole input has a label, so no CE is computed.
 
     The student's log-softmax at T = 1 serves both the CE and, at T = 1, the divergence (computed once); at
     T ≠ 1 the divergence needs ``log_softmax(z_s / T)``, a different tensor, computed separately. CE gradient per
     labelled row: ``softmax(z_s) − onehot(label)``."""
     labelled = targets != -100
     index = targets.clamp_min(0).unsqueeze(-1)
+    if ce_scale is None and z_t is not None:  # no labelled row in the whole input: the divergence alone
+        log_ps, log_pt = _tempered_log_probs(z_s, z_t, temperature, None, "sum")
+        div_rows, grad = _chunk_rows_and_grad(log_ps, log_pt, divergence, beta,
+                                              (div_scale or 0.0) if need_grad else None)
+        return div_rows, torch.zeros_like(div_rows), grad
     log_p1 = F.log_softmax(z_s, dim=-1)
     ce_rows = torch.where(labelled, -log_p1.gather(-1, index).squeeze(-1), 0.0)
     row_ce = labelled.float() * ce_scale if need_grad and ce_scale else None  # per-row CE gradient scale
@@ -496,6 +502,7 @@ class _DivergenceCE(torch.autograd.Function):
         selected = targets if rows is None else targets[rows]
         labelled = int((selected != -100).sum())
         div_scale, ce_scale = _joint_scales(divergence_weight, ce_weight, temperature, reduction, count, labelled)
+        ce_scale = ce_scale if labelled else None
         need_grad = ctx.needs_input_grad[0]
         grad = student.new_zeros(student.shape) if need_grad else None
         div_rows = None if teacher is None else student.new_zeros(count, dtype=torch.float32)
@@ -595,6 +602,7 @@ class _FusedLinearDivergenceCE(torch.autograd.Function):
         selected = targets if rows is None else targets[rows]
         labelled = int((selected != -100).sum())
         div_scale, ce_scale = _joint_scales(divergence_weight, ce_weight, temperature, reduction, count, labelled)
+        ce_scale = ce_scale if labelled else None
         grad_h = hs.new_zeros(hs.shape) if need_h else None
         grad_w = s_weight.new_zeros(s_weight.shape, dtype=torch.float32) if need_w else None
         grad_b = s_bias.new_zeros(s_bias.shape, dtype=torch.float32) if need_b else None

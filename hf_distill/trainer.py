@@ -191,7 +191,7 @@ class DistillationTrainer(Trainer):
         self._teacher_requires = frozenset().union(*(o.requires for o in teacher_objectives))
         self._uses_teacher = bool(teacher_objectives)
         #: A divergence + `ce` computed in one pass (and, with `fused: true`, from the student's hidden states).
-        self._joint = JointLogitTerms.find(self.objectives)
+        self._joint = JointLogitTerms.find(self.objectives, language=self.task.name == "language")
         self._fused_requires = self._student_requires
         if self._joint is not None and self._joint.fused:
             check_head = getattr(self.task, "check_fused_head", None)

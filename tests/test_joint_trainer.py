@@ -155,3 +155,13 @@ def test_fused_detects_a_model_that_changes_logits_after_its_head(tmp_path):
     student.train()
     with pytest.raises(ValueError, match="not its final hidden states times its LM head"):
         trainer.compute_loss(student, _batch())
+
+
+@pytest.mark.parametrize("objectives", [
+    [{"name": "kl", "weight": 1.0, "temperature": 2.0}],
+    [{"name": "jsd", "weight": 0.8, "beta": 0.7}],
+])
+def test_a_divergence_alone_in_a_language_task_takes_the_one_pass_path(tmp_path, objectives):
+    trainer = _assert_same(tmp_path, lambda: tiny_gpt2(layers=1, seed=1), lambda: tiny_gpt2(layers=2, seed=2),
+                           objectives, 1e-6)
+    assert trainer._joint.ce_item is None

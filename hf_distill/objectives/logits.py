@@ -15,7 +15,8 @@ from .base import OBJECTIVES, Objective
 logger = logging.get_logger(__name__)
 
 __all__ = ["KLObjective", "ReverseKLObjective", "JSDObjective", "CEObjective", "DKDObjective", "PLDObjective",
-           "AdaptiveKDObjective", "DeiTDistillObjective", "JointLogitTerms", "JOINT_CHUNK_SIZE"]
+           "AdaptiveKDObjective", "DeiTDistillObjective", "JointLogitTerms", "JOINT_CHUNK_SIZE",
+           "joint_chunk_size"]
 
 
 def _check_temperature(temperature: float) -> float:
@@ -107,8 +108,14 @@ class CEObjective(Objective):
 
 
 #: Rows per chunk of the one-pass divergence + `ce` (`chunked_losses.divergence_ce`) when the divergence objective
-#: sets no `chunk_size`: small enough for a chunk's float32 rows to stay in a CPU's cache at a 32k-152k vocabulary.
+#: sets no `chunk_size`: on a CPU, few enough for a chunk's float32 rows to stay in cache at a 32k vocabulary; on an
+#: accelerator, enough rows per kernel launch (the working set is then ~7 × 1024 × V × 4 bytes, 0.9 GiB at 32k).
 JOINT_CHUNK_SIZE = 32
+JOINT_CHUNK_SIZE_ACCELERATOR = 1024
+
+
+def joint_chunk_size(device: torch.device) -> int:
+    return JOINT_CHUNK_SIZE if device.type == "cpu" else JOINT_CHUNK_SIZE_ACCELERATOR
 
 
 class JointLogitTerms:
@@ -122,15 +129,21 @@ class JointLogitTerms:
     (`chunked_losses.fused_linear_divergence_ce`); ``ce`` is then optional. Every other objective reading the
     student's logits is refused, as they would not exist.
 
-    The trainer asks `find` once; `applies` per batch (a top-k teacher cache, or a batch without labels, leaves the
-    objectives to run separately, except in fused training, which needs the teacher's full logits)."""
+    In a language task a divergence without ``ce`` takes the same path (``ce`` weight 0): chunk by chunk with the
+    closed-form gradient, as ``chunk_size`` would, the same values as the dense functions, faster and leaner at a
+    vocabulary's width (docs/benchmarks.md). The trainer asks `find` once; `applies` per batch (a top-k teacher
+    cache, or a batch without labels, leaves the objectives to run separately, except in fused training, which
+    needs the teacher's full logits)."""
 
     def __init__(self, divergence: Any, ce: Any | None, fused: bool) -> None:
         self.divergence_item, self.ce_item, self.fused = divergence, ce, fused
         self.keys = frozenset(item.key for item in (divergence, ce) if item is not None)
 
     @classmethod
-    def find(cls, items: Any) -> JointLogitTerms | None:
+    def find(cls, items: Any, language: bool = False) -> JointLogitTerms | None:
+        """The plan for these objectives, or None. ``language``: a language task, where a divergence without
+        ``ce`` also goes through the one-pass loss (chunk by chunk, closed-form gradient: the same values, faster
+        and leaner than the dense functions at a vocabulary's width)."""
         divergences = [item for item in items if isinstance(item.objective, _TemperedDivergence)]
         ces = [item for item in items if isinstance(item.objective, CEObjective)]
         fused = [item for item in divergences if item.objective.fused]
@@ -146,8 +159,8 @@ class JointLogitTerms:
                 raise ValueError(f"`fused: true` ({fused[0].key!r}) trains without the student's full logits, but "
                                  f"{', '.join(map(repr, others))} read them. Remove `fused` or those objectives.")
             return cls(fused[0], ces[0] if ces else None, True)
-        if divergences and ces:
-            return cls(divergences[0], ces[0], False)
+        if divergences and (ces or language):
+            return cls(divergences[0], ces[0] if ces else None, False)
         return None
 
     def student_requires(self, requires: frozenset[str]) -> frozenset[str]:
@@ -162,7 +175,8 @@ class JointLogitTerms:
                                  "cache?). Remove `fused`.")
             return True
         return (teacher is not None and teacher.logits is not None and student.logits is not None
-                and student.labels is not None and teacher.logits.shape == student.logits.shape)
+                and (student.labels is not None or self.ce_item is None)
+                and teacher.logits.shape == student.logits.shape)
 
     def terms(self, student: Signals, teacher: Signals) -> dict[str, torch.Tensor]:
         """``{key: weighted sum over the batch's items}`` for the two objectives. The divergence's entry carries the
@@ -173,11 +187,11 @@ class JointLogitTerms:
             ce_item.objective(student, teacher)  # raises its error: the batch has no labels
         objective = div_item.objective
         ce_weight = ce_item.weight if ce_item is not None and student.labels is not None else 0.0
-        labels = student.labels if student.labels is not None else torch.full(
+        labels = student.labels if ce_item is not None else torch.full(
             student.mask.shape, -100, dtype=torch.long, device=student.mask.device)
         options = dict(divergence=objective.divergence, beta=objective.beta, temperature=objective.temperature,
                        divergence_weight=div_item.weight, ce_weight=ce_weight, mask=student.mask, reduction="sum",
-                       chunk_size=objective.chunk_size or JOINT_CHUNK_SIZE)
+                       chunk_size=objective.chunk_size or joint_chunk_size(student.mask.device))
         if student.head_hidden is not None:
             out = chunked_losses.fused_linear_divergence_ce(student.head_hidden, student.head_weight, teacher.logits,
                                                             labels, student_bias=student.head_bias, **options)
