@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
 import torch
@@ -491,24 +491,42 @@ def _joint_targets(labels: torch.Tensor, leading_shape: torch.Size, vocab: int) 
     return targets
 
 
+def _row_reader(tensor: torch.Tensor) -> Callable[[slice | torch.Tensor], torch.Tensor]:
+    """``selector -> [c, V]`` rows of ``tensor [..., V]`` by flat row number, without first copying the whole tensor
+    when it cannot be viewed as ``[N, V]`` (e.g. a causal LM's shifted ``logits[:, :-1]``)."""
+    try:
+        flat = tensor.view(-1, tensor.shape[-1])
+    except RuntimeError:
+        leading = tensor.shape[:-1]
+
+        def read(sel: slice | torch.Tensor) -> torch.Tensor:
+            if isinstance(sel, slice):
+                sel = torch.arange(sel.start, sel.stop, device=tensor.device)
+            return tensor[torch.unravel_index(sel, leading)]
+
+        return read
+    return flat.__getitem__
+
+
 class _DivergenceCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logits, teacher_logits, targets, rows, divergence, beta, temperature, reduction,
                 chunk_size, divergence_weight, ce_weight):
         vocab = student_logits.shape[-1]
-        student = student_logits.reshape(-1, vocab)
-        teacher = None if teacher_logits is None else teacher_logits.reshape(-1, vocab)
-        count = student.shape[0] if rows is None else rows.numel()
+        num_rows = student_logits.numel() // vocab if vocab else 0
+        student = _row_reader(student_logits)
+        teacher = None if teacher_logits is None else _row_reader(teacher_logits)
+        count = num_rows if rows is None else rows.numel()
         selected = targets if rows is None else targets[rows]
         labelled = int((selected != -100).sum())
         div_scale, ce_scale = _joint_scales(divergence_weight, ce_weight, temperature, reduction, count, labelled)
         ce_scale = ce_scale if labelled else None
         need_grad = ctx.needs_input_grad[0]
-        grad = student.new_zeros(student.shape) if need_grad else None
-        div_rows = None if teacher is None else student.new_zeros(count, dtype=torch.float32)
-        ce_rows = student.new_zeros(count, dtype=torch.float32)
-        for start, stop, sel in _chunks(student.shape[0], rows, chunk_size):
-            d, c, g = _joint_chunk(student[sel].float(), None if teacher is None else teacher[sel].float(),
+        grad = student_logits.new_zeros(num_rows, vocab) if need_grad else None
+        div_rows = None if teacher is None else student_logits.new_zeros(count, dtype=torch.float32)
+        ce_rows = student_logits.new_zeros(count, dtype=torch.float32)
+        for start, stop, sel in _chunks(num_rows, rows, chunk_size):
+            d, c, g = _joint_chunk(student(sel).float(), None if teacher is None else teacher(sel).float(),
                                    targets[sel], divergence, beta, temperature, div_scale, ce_scale, need_grad)
             if d is not None:
                 div_rows[start:stop] = d
@@ -595,7 +613,7 @@ class _FusedLinearDivergenceCE(torch.autograd.Function):
     def forward(ctx, s_hidden, s_weight, s_bias, teacher_logits, targets, rows, divergence, beta, temperature,
                 reduction, chunk_size, divergence_weight, ce_weight):
         hs = s_hidden.reshape(-1, s_hidden.shape[-1])
-        teacher = None if teacher_logits is None else teacher_logits.reshape(-1, teacher_logits.shape[-1])
+        teacher = None if teacher_logits is None else _row_reader(teacher_logits)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         need_grad = need_h or need_w or need_b
         count = hs.shape[0] if rows is None else rows.numel()
@@ -611,7 +629,7 @@ class _FusedLinearDivergenceCE(torch.autograd.Function):
         for start, stop, sel in _chunks(hs.shape[0], rows, chunk_size):
             h = hs[sel]
             d, c, g = _joint_chunk(F.linear(h, s_weight, s_bias).float(),
-                                   None if teacher is None else teacher[sel].float(), targets[sel], divergence,
+                                   None if teacher is None else teacher(sel).float(), targets[sel], divergence,
                                    beta, temperature, div_scale, ce_scale, need_grad)
             if d is not None:
                 div_rows[start:stop] = d

@@ -126,3 +126,22 @@ def test_fused_linear_divergence_ce_matches_dense_path(divergence, beta, tempera
     assert torch.allclose(out.ce, ref_ce, atol=1e-5, rtol=1e-5)
     for pa, pb in zip(params_a, params_b, strict=True):
         assert torch.allclose(pb.grad, pa.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_divergence_ce_reads_shifted_logits_without_copying_them_first(use_mask):
+    """A causal LM's `logits[:, :-1]` cannot be viewed as [N, V]; rows are then read through their (batch, position)
+    indices. Same values and gradients as the dense functions."""
+    student, teacher, labels, mask = _batch(6, length=8)
+    a = student.clone().requires_grad_(True)
+    ref = _separate(a[:, :-1], teacher[:, :-1], labels[:, 1:], "kl", 0.5, 1.0, 0.5, 0.5,
+                    mask[:, 1:] if use_mask else None, "sum")[0]
+    ref.backward()
+    b = student.clone().requires_grad_(True)
+    shifted = b[:, :-1]
+    assert not shifted.is_contiguous()
+    out = divergence_ce(shifted, teacher[:, :-1], labels[:, 1:], divergence_weight=0.5, ce_weight=0.5,
+                        mask=mask[:, 1:] if use_mask else None, reduction="sum", chunk_size=4)
+    out.total.backward()
+    torch.testing.assert_close(out.total, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
