@@ -51,9 +51,9 @@ Mismatches neutralised here:
   ``DataCollatorForChatML`` (which wants ``messages``); both trainers get ``default_data_collator`` over the same
   pre-tokenised ``input_ids``/``attention_mask``/``labels``.
 
-The ``kl`` of a language task runs by default through ``chunked_losses.divergence_ce`` (32 rows per chunk,
+The ``kl`` of a language task runs by default through ``chunked_losses.divergence_ce`` (128 rows per chunk on CPU,
 closed-form gradient; the same values as the dense ``kl_div``). Three more hf_distill variants run alongside: ``kl``
-with ``chunk_size=128`` (the same path, larger chunks), ``kl`` with ``fused: true`` (the student's logits never
+with ``chunk_size=128`` (the same path, chunk size given), ``kl`` with ``fused: true`` (the student's logits never
 built: its final hidden states and LM head go into ``chunked_losses.fused_linear_divergence_ce``) and ``kl`` from a
 top-64 teacher cache in float16 (``hf_distill.cache``; built once before the runs, its time printed separately; the
 loss is the top-k bucket KL, a lower bound of the full KL, so its final KL is not expected to equal TRL's exactly).
@@ -112,7 +112,7 @@ from hf_distill.losses import kl_div  # noqa: E402
 
 TRAINERS = ("trl", "hf_distill", "hf_distill_chunked", "hf_distill_fused", "hf_distill_cached")
 LABELS = {"trl": "TRL GKDTrainer (beta=0, lmbda=0)",
-          "hf_distill": "hf_distill DistillationTrainer (kl; default one-pass path, 32 rows per chunk)",
+          "hf_distill": "hf_distill DistillationTrainer (kl; default one-pass path)",
           "hf_distill_chunked": "hf_distill, kl with chunk_size=128",
           "hf_distill_fused": "hf_distill, kl with fused: true (no student logits)",
           "hf_distill_cached": "hf_distill, kl from a top-64 teacher cache (float16)"}

@@ -107,19 +107,17 @@ class CEObjective(Objective):
         return losses.ce(student.logits, student.labels, mask=student.mask, reduction="sum")
 
 
-#: Rows per chunk of the one-pass divergence + `ce` (`chunked_losses.divergence_ce`) when the divergence objective
-#: sets no `chunk_size`: on a CPU, few enough for a chunk's float32 rows to stay in cache at a 32k vocabulary; on an
-#: accelerator, enough rows per kernel launch (the working set is then ~7 × 1024 × V × 4 bytes, 0.9 GiB at 32k).
-#: With `fused: true` each chunk also runs the LM head's matrix products, which want more rows: 128 on a CPU.
-JOINT_CHUNK_SIZE = 32
-FUSED_CHUNK_SIZE = 128
+#: Rows per chunk of the one-pass divergence + `ce` (`chunked_losses.divergence_ce`, and the fused variant) when the
+#: divergence objective sets no `chunk_size`: 128 on a CPU (32 is as fast with one thread, 302 vs 316 ms CPU at
+#: V = 30,522, but its four times as many small operations lost to 128 with two threads on a loaded machine: 2.79
+#: vs 2.07 s per step in benchmarks/vs_trl.py); 1024 on an accelerator (fewer kernel launches; the working set is
+#: then ~7 × 1024 × V × 4 bytes, 0.9 GiB at 32k).
+JOINT_CHUNK_SIZE = 128
 JOINT_CHUNK_SIZE_ACCELERATOR = 1024
 
 
-def joint_chunk_size(device: torch.device, fused: bool = False) -> int:
-    if device.type != "cpu":
-        return JOINT_CHUNK_SIZE_ACCELERATOR
-    return FUSED_CHUNK_SIZE if fused else JOINT_CHUNK_SIZE
+def joint_chunk_size(device: torch.device) -> int:
+    return JOINT_CHUNK_SIZE if device.type == "cpu" else JOINT_CHUNK_SIZE_ACCELERATOR
 
 
 class JointLogitTerms:
@@ -195,8 +193,7 @@ class JointLogitTerms:
             student.mask.shape, -100, dtype=torch.long, device=student.mask.device)
         options = dict(divergence=objective.divergence, beta=objective.beta, temperature=objective.temperature,
                        divergence_weight=div_item.weight, ce_weight=ce_weight, mask=student.mask, reduction="sum",
-                       chunk_size=objective.chunk_size or joint_chunk_size(student.mask.device,
-                                                                           student.head_hidden is not None))
+                       chunk_size=objective.chunk_size or joint_chunk_size(student.mask.device))
         if student.head_hidden is not None:
             out = chunked_losses.fused_linear_divergence_ce(student.head_hidden, student.head_weight, teacher.logits,
                                                             labels, student_bias=student.head_bias, **options)
