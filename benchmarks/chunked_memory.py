@@ -1,9 +1,11 @@
-"""Peak memory of one forward + backward of a distillation divergence over a large vocabulary, three ways:
+"""Peak memory of one forward + backward of a distillation divergence over a large vocabulary, four ways:
 
 * naive:   full student logits ``h_s @ W_s.T`` (teacher logits likewise, under no_grad), then the dense
            ``hf_distill.losses`` function (``kl_div`` for ``--divergence kl``);
 * chunked: the same full logits, then ``hf_distill.chunked_losses.chunked_divergence``;
-* fused:   ``hf_distill.chunked_losses.fused_linear_divergence`` on the hidden states and LM-head weights.
+* fused:   ``hf_distill.chunked_losses.fused_linear_divergence`` on the hidden states and LM-head weights;
+* fused_teacher_logits: ``fused_linear_divergence_ce`` (CE weight 0) on the student's hidden states and head and the
+           teacher's full logits, as the trainer's ``fused: true`` runs it with a live teacher.
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/chunked_memory.py [--vocab 32000 128000] [--tokens 1024]
         [--hidden 512] [--chunk-size 128] [--divergence kl]
@@ -11,7 +13,7 @@
 Every (variant, vocabulary) runs in a fresh subprocess. On CPU the peak is the peak resident set size
 (``ru_maxrss``) after the loss and its backward minus the resident set size right after building (and touching)
 the inputs; on CUDA it is ``max_memory_allocated`` minus the memory allocated for the inputs. Both include the
-weight and hidden-state gradients, which every variant produces. The script checks that the three losses agree to
+weight and hidden-state gradients, which every variant produces. The script checks that the losses agree to
 1e-5 and prints their gradient norms. A benchmark, not a test: nothing here asserts.
 """
 
@@ -29,9 +31,9 @@ import time
 import torch
 
 from hf_distill import losses
-from hf_distill.chunked_losses import chunked_divergence, fused_linear_divergence
+from hf_distill.chunked_losses import chunked_divergence, fused_linear_divergence, fused_linear_divergence_ce
 
-VARIANTS = ("naive", "chunked", "fused")
+VARIANTS = ("naive", "chunked", "fused", "fused_teacher_logits")
 BETA = 0.5  # the JSD mixture weight, when --divergence jsd
 
 
@@ -71,6 +73,12 @@ def step(variant: str, inputs, divergence: str, chunk_size: int) -> torch.Tensor
     if variant == "fused":
         loss = fused_linear_divergence(student_hidden, student_weight, teacher_hidden, teacher_weight, divergence,
                                        beta=BETA, chunk_size=chunk_size)
+    elif variant == "fused_teacher_logits":  # what the trainer's `fused: true` runs: the live teacher's logits exist
+        with torch.no_grad():
+            teacher_logits = teacher_hidden @ teacher_weight.T
+        no_labels = torch.full(teacher_logits.shape[:-1], -100, dtype=torch.long, device=teacher_logits.device)
+        loss = fused_linear_divergence_ce(student_hidden, student_weight, teacher_logits, no_labels, divergence,
+                                          beta=BETA, ce_weight=0.0, chunk_size=chunk_size).total
     else:
         student_logits = student_hidden @ student_weight.T
         with torch.no_grad():
@@ -142,26 +150,28 @@ def main() -> None:
     print("one float32 [N, V] tensor: " + ", ".join(f"{args.tokens * v * 4 / 2**20:.0f} MiB at V={v}"
                                                      for v in args.vocab))
     print()
-    print(f"{'V':>8} {'variant':<9}{'peak MiB':>10}{'time s':>9}{'vs naive':>10}{'loss':>14}"
+    print(f"{'V':>8} {'variant':<21}{'peak MiB':>10}{'time s':>9}{'vs naive':>10}{'loss':>14}"
           f"{'|grad h|':>13}{'|grad W|':>13}")
     agree = True
     for vocab in args.vocab:
         results = {variant: run_worker(args, variant, vocab) for variant in VARIANTS}
         naive = results["naive"]
         for variant, r in results.items():
-            print(f"{vocab:>8} {variant:<9}{r['peak_mib']:>10.0f}{r['seconds']:>9.2f}"
+            print(f"{vocab:>8} {variant:<21}{r['peak_mib']:>10.0f}{r['seconds']:>9.2f}"
                   f"{r['peak_mib'] / naive['peak_mib']:>9.2f}x{r['loss']:>14.7f}"
                   f"{r['grad_hidden_norm']:>13.6g}{r['grad_weight_norm']:>13.6g}")
-        diffs = {v: abs(results[v]["loss"] - naive["loss"]) for v in ("chunked", "fused")}
+        others = VARIANTS[1:]
+        diffs = {v: abs(results[v]["loss"] - naive["loss"]) for v in others}
         grads = {v: max(abs(results[v][k] / naive[k] - 1) for k in ("grad_hidden_norm", "grad_weight_norm"))
-                 for v in ("chunked", "fused")}
+                 for v in others}
         ok = all(d <= 1e-5 for d in diffs.values())
         agree &= ok
         print(f"{'':>8} ratios: chunked/naive {results['chunked']['peak_mib'] / naive['peak_mib']:.2f}x, "
-              f"fused/naive {results['fused']['peak_mib'] / naive['peak_mib']:.2f}x; "
-              f"|loss - naive|: chunked {diffs['chunked']:.1e}, fused {diffs['fused']:.1e} "
-              f"({'agree to 1e-5' if ok else 'DISAGREE beyond 1e-5'}); gradient norms within "
-              f"{grads['chunked']:.1e} (chunked), {grads['fused']:.1e} (fused) relative")
+              f"fused/naive {results['fused']['peak_mib'] / naive['peak_mib']:.2f}x, fused_teacher_logits/naive "
+              f"{results['fused_teacher_logits']['peak_mib'] / naive['peak_mib']:.2f}x; |loss - naive|: "
+              + ", ".join(f"{v} {diffs[v]:.1e}" for v in others)
+              + f" ({'agree to 1e-5' if ok else 'DISAGREE beyond 1e-5'}); gradient norms within "
+              + ", ".join(f"{grads[v]:.1e} ({v})" for v in others) + " relative")
     print()
     print("losses agree to 1e-5" if agree else "LOSSES DISAGREE beyond 1e-5")
 

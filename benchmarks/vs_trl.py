@@ -51,10 +51,12 @@ Mismatches neutralised here:
   ``DataCollatorForChatML`` (which wants ``messages``); both trainers get ``default_data_collator`` over the same
   pre-tokenised ``input_ids``/``attention_mask``/``labels``.
 
-Two more hf_distill variants run alongside: ``kl`` with ``chunk_size=128`` (``losses.chunked_divergence``: the same
-value and gradient without the full-batch float32 intermediates) and ``kl`` from a top-64 teacher cache in float16
-(``hf_distill.cache``; built once before the runs, its time printed separately; the loss is the top-k bucket KL, a
-lower bound of the full KL, so its final KL is not expected to equal TRL's exactly).
+The ``kl`` of a language task runs by default through ``chunked_losses.divergence_ce`` (128 rows per chunk on CPU,
+closed-form gradient; the same values as the dense ``kl_div``). Three more hf_distill variants run alongside: ``kl``
+with ``chunk_size=128`` (the same path, chunk size given), ``kl`` with ``fused: true`` (the student's logits never
+built: its final hidden states and LM head go into ``chunked_losses.fused_linear_divergence_ce``) and ``kl`` from a
+top-64 teacher cache in float16 (``hf_distill.cache``; built once before the runs, its time printed separately; the
+loss is the top-k bucket KL, a lower bound of the full KL, so its final KL is not expected to equal TRL's exactly).
 
 Checks printed: both loss functions on the same logits of one batch; the ``num_items_in_batch`` each ``compute_loss``
 receives; a checksum of every batch, to confirm the same data order; the logged losses of both runs.
@@ -108,9 +110,11 @@ from transformers import (  # noqa: E402
 
 from hf_distill.losses import kl_div  # noqa: E402
 
-TRAINERS = ("trl", "hf_distill", "hf_distill_chunked", "hf_distill_cached")
-LABELS = {"trl": "TRL GKDTrainer (beta=0, lmbda=0)", "hf_distill": "hf_distill DistillationTrainer (kl)",
+TRAINERS = ("trl", "hf_distill", "hf_distill_chunked", "hf_distill_fused", "hf_distill_cached")
+LABELS = {"trl": "TRL GKDTrainer (beta=0, lmbda=0)",
+          "hf_distill": "hf_distill DistillationTrainer (kl; default one-pass path)",
           "hf_distill_chunked": "hf_distill, kl with chunk_size=128",
+          "hf_distill_fused": "hf_distill, kl with fused: true (no student logits)",
           "hf_distill_cached": "hf_distill, kl from a top-64 teacher cache (float16)"}
 CACHE_TOP_K = 64
 
@@ -328,6 +332,8 @@ def build_trainer(name: str, args: argparse.Namespace, work: Path, device: str) 
         kl = {"name": "kl", "weight": 1.0, "temperature": 1.0}
         if name == "hf_distill_chunked":
             kl["chunk_size"] = 128
+        if name == "hf_distill_fused":
+            kl["fused"] = True
         cache = str(work / "cache") if name == "hf_distill_cached" else None
         config = DistillationConfig(**common, objectives=[kl], teacher_cache=cache)
         trainer = DistillationTrainer(model=student, teacher_model=None if cache else teacher, args=config,

@@ -37,15 +37,23 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .losses import Reduction, _check_reduction, _check_temperature, _kl_rows, _reduce, _tempered_log_probs
+from .losses import (
+    Reduction,
+    _check_reduction,
+    _check_temperature,
+    _kl_rows,
+    _reduce,
+    _tempered,
+    _tempered_log_probs,
+)
 
-__all__ = ["chunked_divergence", "fused_linear_divergence"]
+__all__ = ["chunked_divergence", "fused_linear_divergence", "divergence_ce", "fused_linear_divergence_ce", "JointLoss"]
 
 Divergence = Literal["kl", "reverse_kl", "jsd"]
 _DIVERGENCES = ("kl", "reverse_kl", "jsd")
@@ -377,3 +385,327 @@ def fused_linear_divergence(
         None if teacher_bias is None else teacher_bias.detach(), rows, divergence, beta, temperature, reduction,
         int(chunk_size),
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A divergence and the cross-entropy with the labels, in one pass over the student's logits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class JointLoss(NamedTuple):
+    """What :func:`divergence_ce` and :func:`fused_linear_divergence_ce` return: ``total`` =
+    ``divergence_weight · divergence + ce_weight · ce`` carries the gradient; the two parts are detached, for
+    logging."""
+
+    total: torch.Tensor
+    divergence: torch.Tensor
+    ce: torch.Tensor
+
+
+def _joint_chunk(
+    z_s: torch.Tensor,
+    z_t: torch.Tensor | None,
+    targets: torch.Tensor,
+    divergence: str,
+    beta: float,
+    temperature: float,
+    div_scale: float | None,
+    ce_scale: float | None,
+    need_grad: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """One chunk: float32 student logits ``[c, V]``, teacher logits ``[c, V]`` (None: no divergence) and label ids
+    ``[c]`` (``-100``: no cross-entropy on that row) → per-row divergence ``D`` (no T²) or None, per-row CE (0 on
+    unlabelled rows) and, with ``need_grad``, ``∂(div_scale · D + ce_scale · CE)/∂z_s`` ``[c, V]``. ``ce_scale``
+    None: no row of the whole input has a label, so no CE is computed.
+
+    The student's log-softmax at T = 1 serves both the CE and, at T = 1, the divergence (computed once); at
+    T ≠ 1 the divergence needs ``log_softmax(z_s / T)``, a different tensor, computed separately. CE gradient per
+    labelled row: ``softmax(z_s) − onehot(label)``."""
+    labelled = targets != -100
+    index = targets.clamp_min(0).unsqueeze(-1)
+    if ce_scale is None and z_t is not None:  # no labelled row in the whole input: the divergence alone
+        log_ps, log_pt = _tempered_log_probs(z_s, z_t, temperature, None, "sum")
+        div_rows, grad = _chunk_rows_and_grad(log_ps, log_pt, divergence, beta,
+                                              (div_scale or 0.0) if need_grad else None)
+        return div_rows, torch.zeros_like(div_rows), grad
+    log_p1 = F.log_softmax(z_s, dim=-1)
+    ce_rows = torch.where(labelled, -log_p1.gather(-1, index).squeeze(-1), 0.0)
+    row_ce = labelled.float() * ce_scale if need_grad and ce_scale else None  # per-row CE gradient scale
+    if z_t is None:
+        if not need_grad:
+            return None, ce_rows, None
+        grad = log_p1.exp_().mul_(row_ce.unsqueeze(-1))
+        return None, ce_rows, grad.scatter_add_(-1, index, -row_ce.unsqueeze(-1))
+    shared = temperature == 1
+    log_ps = log_p1 if shared else F.log_softmax(z_s / temperature, dim=-1)
+    log_pt = F.log_softmax(_tempered(z_t, temperature), dim=-1)
+    if divergence == "kl" and shared:
+        # One pass for both: Σ p_t (log p_t − log p_s), then p_s scaled by (div_scale + ce_scale) minus
+        # div_scale · p_t, minus ce_scale at each label.
+        p_t = log_pt.exp()
+        div_rows = (p_t * log_pt.sub_(log_ps).masked_fill_(p_t == 0, 0.0)).sum(dim=-1)
+        if not need_grad:
+            return div_rows, ce_rows, None
+        scale = torch.full_like(ce_rows, div_scale or 0.0)
+        if row_ce is not None:
+            scale = scale + row_ce
+        grad = log_ps.exp_().mul_(scale.unsqueeze(-1)).sub_(p_t.mul_(div_scale or 0.0))
+    else:
+        p1 = log_p1.exp() if row_ce is not None else None  # before `_chunk_rows_and_grad` overwrites log_ps
+        div_rows, grad = _chunk_rows_and_grad(log_ps, log_pt, divergence, beta,
+                                              (div_scale or 0.0) if need_grad else None)
+        if grad is None:
+            return div_rows, ce_rows, None
+        if p1 is not None:
+            grad.add_(p1.mul_(row_ce.unsqueeze(-1)))
+    if row_ce is not None:
+        grad.scatter_add_(-1, index, -row_ce.unsqueeze(-1))
+    return div_rows, ce_rows, grad
+
+
+def _joint_scales(divergence_weight: float, ce_weight: float, temperature: float, reduction: str, count: int,
+                  labelled: int) -> tuple[float, float]:
+    """Gradient scales of the divergence (see `_grad_scale`) and of the CE, each weighted."""
+    ce_scale = ce_weight / labelled if reduction == "mean" and labelled else ce_weight
+    return divergence_weight * _grad_scale(temperature, reduction, count), ce_scale
+
+
+def _joint_values(div_rows: torch.Tensor | None, ce_rows: torch.Tensor, labelled: int, divergence_weight: float,
+                  ce_weight: float, temperature: float, reduction: str) -> tuple[torch.Tensor, ...]:
+    div = ce_rows.new_zeros(()) if div_rows is None else _reduce(div_rows, reduction) * temperature**2
+    ce = ce_rows.sum()
+    if reduction == "mean" and labelled:
+        ce = ce / labelled
+    return divergence_weight * div + ce_weight * ce, div, ce
+
+
+def _joint_targets(labels: torch.Tensor, leading_shape: torch.Size, vocab: int) -> torch.Tensor:
+    if labels.shape != leading_shape:
+        raise ValueError(f"`labels` must have shape {tuple(leading_shape)} (the inputs without their last dimension), "
+                         f"got {tuple(labels.shape)}.")
+    targets = labels.reshape(-1).long()
+    valid = targets[targets != -100]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= vocab):
+        raise ValueError(f"`labels` must be token ids in [0, {vocab}) or -100, got values in [{int(valid.min())}, "
+                         f"{int(valid.max())}].")
+    return targets
+
+
+def _row_reader(tensor: torch.Tensor) -> Callable[[slice | torch.Tensor], torch.Tensor]:
+    """``selector -> [c, V]`` rows of ``tensor [..., V]`` by flat row number, without first copying the whole tensor
+    when it cannot be viewed as ``[N, V]`` (e.g. a causal LM's shifted ``logits[:, :-1]``)."""
+    try:
+        flat = tensor.view(-1, tensor.shape[-1])
+    except RuntimeError:
+        leading = tensor.shape[:-1]
+
+        def read(sel: slice | torch.Tensor) -> torch.Tensor:
+            if isinstance(sel, slice):
+                sel = torch.arange(sel.start, sel.stop, device=tensor.device)
+            return tensor[torch.unravel_index(sel, leading)]
+
+        return read
+    return flat.__getitem__
+
+
+class _DivergenceCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, targets, rows, divergence, beta, temperature, reduction,
+                chunk_size, divergence_weight, ce_weight):
+        vocab = student_logits.shape[-1]
+        num_rows = student_logits.numel() // vocab if vocab else 0
+        student = _row_reader(student_logits)
+        teacher = None if teacher_logits is None else _row_reader(teacher_logits)
+        count = num_rows if rows is None else rows.numel()
+        selected = targets if rows is None else targets[rows]
+        labelled = int((selected != -100).sum())
+        div_scale, ce_scale = _joint_scales(divergence_weight, ce_weight, temperature, reduction, count, labelled)
+        ce_scale = ce_scale if labelled else None
+        need_grad = ctx.needs_input_grad[0]
+        grad = student_logits.new_zeros(num_rows, vocab) if need_grad else None
+        div_rows = None if teacher is None else student_logits.new_zeros(count, dtype=torch.float32)
+        ce_rows = student_logits.new_zeros(count, dtype=torch.float32)
+        for start, stop, sel in _chunks(num_rows, rows, chunk_size):
+            d, c, g = _joint_chunk(student(sel).float(), None if teacher is None else teacher(sel).float(),
+                                   targets[sel], divergence, beta, temperature, div_scale, ce_scale, need_grad)
+            if d is not None:
+                div_rows[start:stop] = d
+            ce_rows[start:stop] = c
+            if g is not None:
+                grad[sel] = g.to(grad.dtype)
+            del d, c, g
+        ctx.save_for_backward(None if grad is None else grad.view(student_logits.shape))
+        total, div, ce = _joint_values(div_rows, ce_rows, labelled, divergence_weight, ce_weight, temperature,
+                                       reduction)
+        ctx.mark_non_differentiable(div, ce)
+        return total, div, ce
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_div, grad_ce):
+        (grad,) = ctx.saved_tensors
+        return (_scaled(grad, grad_total),) + (None,) * 10
+
+
+def _check_weights(divergence_weight: float, ce_weight: float) -> None:
+    for name, value in (("divergence_weight", divergence_weight), ("ce_weight", ce_weight)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+
+
+def divergence_ce(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    divergence: Divergence = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    divergence_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    chunk_size: int = 1024,
+) -> JointLoss:
+    """A distillation divergence and the cross-entropy with the labels of the same student logits, in one pass.
+
+    ``total = divergence_weight · D + ce_weight · CE`` where ``D`` is :func:`chunked_divergence` (forward KL(p_teacher
+    || p_student), reverse KL(p_student || p_teacher) or the JSD, at temperature T, times T²) and ``CE`` is
+    :func:`~hf_distill.losses.ce` (``−log softmax(z_s)[label]`` at T = 1, positions labelled ``-100`` skipped):
+    the same values and the same gradient with respect to ``student_logits`` as computing the two separately and
+    adding them with those weights. Returned as ``JointLoss(total, divergence, ce)``; only ``total`` has a gradient.
+
+    Why: computed separately, ``kl_div`` and ``ce`` each take a log-softmax of the student's ``[N, V]`` logits and
+    each keeps its own autograd intermediates; here each chunk of ``chunk_size`` counted rows is read once, its
+    student log-softmax at T = 1 serves both terms (at T ≠ 1 the divergence needs ``log_softmax(z_s / T)``, so
+    both are computed, still in the same pass), and the summed closed-form gradient (``T · ∂D/∂(z_s/T)`` as in
+    :func:`chunked_divergence`, plus ``softmax(z_s) − onehot(label)`` for the CE) is written into one buffer.
+
+    ``mask`` selects the positions of both terms; the CE further skips ``-100`` labels. ``reduction="mean"``
+    averages ``D`` over the counted positions and ``CE`` over the counted labelled positions (each as its own
+    function does); ``"sum"`` sums both. ``teacher_logits=None`` gives the CE alone (``D`` = 0).
+
+    Example::
+
+        >>> from hf_distill.losses import ce, kl_div
+        >>> s, t = torch.randn(2, 5, 11, requires_grad=True), torch.randn(2, 5, 11)
+        >>> y = torch.randint(0, 11, (2, 5))
+        >>> out = divergence_ce(s, t, y, "kl", divergence_weight=0.5, ce_weight=0.5, chunk_size=3)
+        >>> torch.allclose(out.total, 0.5 * kl_div(s, t) + 0.5 * ce(s, y))
+        True
+    """
+    divergence = _check_options(divergence, beta, temperature, reduction, chunk_size)
+    _check_weights(divergence_weight, ce_weight)
+    if student_logits.dim() == 0 or (teacher_logits is not None and student_logits.shape != teacher_logits.shape):
+        raise ValueError(
+            f"student and teacher logits must have the same shape [..., V], got {tuple(student_logits.shape)} and "
+            f"{None if teacher_logits is None else tuple(teacher_logits.shape)}."
+        )
+    targets = _joint_targets(labels, student_logits.shape[:-1], student_logits.shape[-1])
+    rows = _counted_rows(student_logits.shape[:-1], mask, student_logits.device)
+    total, div, ce = _DivergenceCE.apply(
+        student_logits, None if teacher_logits is None else teacher_logits.detach(), targets.to(student_logits.device),
+        rows, divergence, beta, temperature, reduction, int(chunk_size), float(divergence_weight), float(ce_weight),
+    )
+    return JointLoss(total, div, ce)
+
+
+class _FusedLinearDivergenceCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s_hidden, s_weight, s_bias, teacher_logits, targets, rows, divergence, beta, temperature,
+                reduction, chunk_size, divergence_weight, ce_weight):
+        hs = s_hidden.reshape(-1, s_hidden.shape[-1])
+        teacher = None if teacher_logits is None else _row_reader(teacher_logits)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_grad = need_h or need_w or need_b
+        count = hs.shape[0] if rows is None else rows.numel()
+        selected = targets if rows is None else targets[rows]
+        labelled = int((selected != -100).sum())
+        div_scale, ce_scale = _joint_scales(divergence_weight, ce_weight, temperature, reduction, count, labelled)
+        ce_scale = ce_scale if labelled else None
+        grad_h = hs.new_zeros(hs.shape) if need_h else None
+        grad_w = s_weight.new_zeros(s_weight.shape, dtype=torch.float32) if need_w else None
+        grad_b = s_bias.new_zeros(s_bias.shape, dtype=torch.float32) if need_b else None
+        div_rows = None if teacher is None else hs.new_zeros(count, dtype=torch.float32)
+        ce_rows = hs.new_zeros(count, dtype=torch.float32)
+        for start, stop, sel in _chunks(hs.shape[0], rows, chunk_size):
+            h = hs[sel]
+            d, c, g = _joint_chunk(F.linear(h, s_weight, s_bias).float(),
+                                   None if teacher is None else teacher(sel).float(), targets[sel], divergence,
+                                   beta, temperature, div_scale, ce_scale, need_grad)
+            if d is not None:
+                div_rows[start:stop] = d
+            ce_rows[start:stop] = c
+            if g is not None:  # logits = h @ W.T + b  ⇒  ∂/∂h = g @ W,  ∂/∂W = g.T @ h,  ∂/∂b = Σ_rows g
+                if grad_h is not None:
+                    grad_h[sel] = g.to(s_weight.dtype) @ s_weight
+                if grad_w is not None:
+                    grad_w.addmm_(g.T, h.float())
+                if grad_b is not None:
+                    grad_b.add_(g.sum(dim=0))
+            del d, c, g
+        ctx.save_for_backward(
+            None if grad_h is None else grad_h.view(s_hidden.shape),
+            None if grad_w is None else grad_w.to(s_weight.dtype),
+            None if grad_b is None else grad_b.to(s_bias.dtype),
+        )
+        total, div, ce = _joint_values(div_rows, ce_rows, labelled, divergence_weight, ce_weight, temperature,
+                                       reduction)
+        ctx.mark_non_differentiable(div, ce)
+        return total, div, ce
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_div, grad_ce):
+        grad_h, grad_w, grad_b = (_scaled(g, grad_total) for g in ctx.saved_tensors)
+        return (grad_h, grad_w, grad_b) + (None,) * 10
+
+
+def fused_linear_divergence_ce(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    divergence: Divergence = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    divergence_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    chunk_size: int = 1024,
+    student_bias: torch.Tensor | None = None,
+) -> JointLoss:
+    """:func:`divergence_ce` computed from the student's final hidden states and LM head: the student's ``[N, V]``
+    logits never exist for the whole batch.
+
+    Equal, in value and gradients (with respect to ``student_hidden``, ``student_weight`` and ``student_bias``), to
+    ``divergence_ce(student_hidden @ student_weight.T + student_bias, teacher_logits, labels, ...)``: the weighted
+    sum ``divergence_weight · D + ce_weight · CE`` of the divergence (forward KL(p_teacher || p_student), reverse
+    KL(p_student || p_teacher) or JSD, at T, times T²) and the cross-entropy with ``labels`` (``-100`` skipped).
+    Each chunk's student logits are computed (in the hidden states' dtype, as the model's head would), used and
+    freed; the gradients of the hidden states, weight and bias are accumulated chunk by chunk in the forward pass
+    (as :func:`fused_linear_divergence` does). The teacher is given as logits (a live teacher's, a cache's or an
+    ensemble's mixture); ``None`` gives the CE alone.
+
+    Args:
+        student_hidden: ``[..., H]`` the student's final hidden states (after its final norm: what the LM head reads).
+        student_weight: ``[V, H]``; student_bias: optional ``[V]``.
+        teacher_logits: ``[..., V]`` with the leading shape of ``student_hidden``, or None.
+        labels: ``[...]`` token ids, ``-100`` = no CE at that position.
+        Others: as in :func:`divergence_ce`.
+    """
+    divergence = _check_options(divergence, beta, temperature, reduction, chunk_size)
+    _check_weights(divergence_weight, ce_weight)
+    _check_head("student", student_hidden, student_weight, student_bias)
+    vocab = student_weight.shape[0]
+    if teacher_logits is not None and teacher_logits.shape != (*student_hidden.shape[:-1], vocab):
+        raise ValueError(
+            f"`teacher_logits` must have shape {(*student_hidden.shape[:-1], vocab)} (the hidden states' leading "
+            f"shape and the LM head's V), got {tuple(teacher_logits.shape)}."
+        )
+    targets = _joint_targets(labels, student_hidden.shape[:-1], vocab)
+    rows = _counted_rows(student_hidden.shape[:-1], mask, student_hidden.device)
+    total, div, ce = _FusedLinearDivergenceCE.apply(
+        student_hidden, student_weight, student_bias, None if teacher_logits is None else teacher_logits.detach(),
+        targets.to(student_hidden.device), rows, divergence, beta, temperature, reduction, int(chunk_size),
+        float(divergence_weight), float(ce_weight),
+    )
+    return JointLoss(total, div, ce)

@@ -49,6 +49,10 @@ class Signals:
         scores: ``[B, C]`` ranking scores of each query's candidates, the positive first (ranking task).
         batch_scores: ``[B, B·C]`` each query's score against every candidate of the batch, in-batch negatives
             included (ranking task, bi-encoders only); query ``i``'s positive is column ``i·C``.
+        head_hidden / head_weight / head_bias: for a fused loss (``fused: true`` on a divergence objective), in place
+            of ``logits``: ``[..., H]`` the final hidden states the LM head reads, aligned with ``mask`` (shifted for
+            causal LMs), and that head's ``[V, H]`` weight and ``[V]`` bias (or None); the logits are then computed
+            chunk by chunk inside the loss (`chunked_losses.fused_linear_divergence_ce`), never for the whole batch.
         topk_logits / topk_indices / tail_mass: a cached teacher's top-k support (teacher-signal cache): ``[..., k]``
             logits at T = 1 and their vocabulary indices, and ``[...]`` the probability mass outside them, in
             place of ``logits`` (see `losses.topk_divergence`).
@@ -68,6 +72,9 @@ class Signals:
     topk_logits: torch.Tensor | None = None
     topk_indices: torch.Tensor | None = None
     tail_mass: torch.Tensor | None = None
+    head_hidden: torch.Tensor | None = None
+    head_weight: torch.Tensor | None = None
+    head_bias: torch.Tensor | None = None
 
     def num_items(self) -> int:
         """Number of counted positions in this batch."""

@@ -39,6 +39,7 @@ from .checks import (
 )
 from .config import DistillationConfig
 from .objectives import OBJECTIVES, build_objectives
+from .objectives.logits import JointLogitTerms
 from .signals import Signals, feature_paths
 from .tasks import TaskAdapter, base_model_of, resolve_task
 from .tasks.base import unwrap_model
@@ -190,6 +191,16 @@ class DistillationTrainer(Trainer):
         teacher_objectives = [o.objective for o in self.objectives if o.objective.uses_teacher]
         self._teacher_requires = frozenset().union(*(o.requires for o in teacher_objectives))
         self._uses_teacher = bool(teacher_objectives)
+        #: A divergence + `ce` computed in one pass (and, with `fused: true`, from the student's hidden states).
+        self._joint = JointLogitTerms.find(self.objectives, language=self.task.name == "language")
+        self._fused_requires = self._student_requires
+        if self._joint is not None and self._joint.fused:
+            check_head = getattr(self.task, "check_fused_head", None)
+            if check_head is None:
+                raise ValueError(f"`fused: true` ({self._joint.divergence_item.key!r}) is for causal language models; "
+                                 f"this run's task is {self.task.name!r}. Remove `fused`.")
+            check_head(model)
+            self._fused_requires = self._joint.student_requires(self._student_requires)
         several = len(cache_paths) > 1
         caches = [self._open_cache(path, f"teacher_cache[{k}]" if several else "teacher_cache")
                   for k, path in enumerate(cache_paths)]
@@ -511,12 +522,19 @@ class DistillationTrainer(Trainer):
     ) -> tuple[dict[str, torch.Tensor], Signals, Signals | None]:
         """Run student and teacher on ``inputs`` and return each weighted objective's **sum** over items."""
         student_inputs = {k: v for k, v in inputs.items() if k != ROW_COLUMN}  # cache row numbers are the teacher's
-        student = self.task.run(model, student_inputs, self._student_requires)
+        # Fused training asks the student for its LM head's inputs instead of its logits; evaluation always has logits.
+        requires = self._fused_requires if model.training else self._student_requires
+        student = self.task.run(model, student_inputs, requires)
         # In evaluation the teacher always runs, so that fidelity metrics exist even for a CE-only baseline.
         run_teacher = self._uses_teacher or not model.training
         teacher = self.teacher_source(inputs, self._teacher_requires | {"logits"}) if run_teacher else None
         terms: dict[str, torch.Tensor] = {}
+        joint = self._joint is not None and self._joint.applies(student, teacher)
+        if joint:
+            terms.update(self._joint.terms(student, teacher))
         for item in self.objectives:
+            if joint and item.key in self._joint.keys:
+                continue
             if teacher is None and item.objective.uses_teacher:
                 if model.training:
                     raise ValueError(f"Objective {item.key!r} needs the teacher, but this batch has no teacher "
@@ -646,6 +664,8 @@ class DistillationTrainer(Trainer):
                 with torch.no_grad():
                     student_inputs = {k: v for k, v in batch.items() if k != ROW_COLUMN}
                     student = self.task.run(model, student_inputs, self._student_requires)
+                    if self._fused_requires != self._student_requires:  # the fused run's own checks (LM head)
+                        self.task.run(model, student_inputs, self._fused_requires)
                     teacher = (self.teacher_source(batch, self._teacher_requires | {"logits"})
                                if self._uses_teacher else None)
                     check_signals_present(student, self._student_requires, self.objectives, "student", model)

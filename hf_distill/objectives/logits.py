@@ -3,19 +3,20 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from transformers.utils import logging
 
-from .. import losses
+from .. import chunked_losses, losses
 from ..signals import Signals, logit_divergence
 from .base import OBJECTIVES, Objective
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["KLObjective", "ReverseKLObjective", "JSDObjective", "CEObjective", "DKDObjective", "PLDObjective",
-           "AdaptiveKDObjective", "DeiTDistillObjective"]
+           "AdaptiveKDObjective", "DeiTDistillObjective", "JointLogitTerms", "JOINT_CHUNK_SIZE",
+           "joint_chunk_size"]
 
 
 def _check_temperature(temperature: float) -> float:
@@ -39,10 +40,15 @@ class _TemperedDivergence(Objective):
     divergence: ClassVar[str]
     schedulable = ("temperature",)
 
-    def __init__(self, temperature: float = 1.0, chunk_size: int | None = None) -> None:
+    def __init__(self, temperature: float = 1.0, chunk_size: int | None = None, fused: bool = False) -> None:
         super().__init__()
         self.temperature = _check_temperature(temperature)
         self.chunk_size = _check_chunk_size(chunk_size)
+        if not isinstance(fused, bool):
+            raise ValueError(f"`fused` must be true or false, got {fused!r}.")
+        #: Training computes this divergence (and `ce`, if present) from the student's final hidden states and LM
+        #: head, chunk by chunk, without the student's full logits (`JointLogitTerms`).
+        self.fused = fused
         self.beta = 0.5
 
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
@@ -75,8 +81,9 @@ class JSDObjective(_TemperedDivergence):
     divergence = "jsd"
     schedulable = ("temperature", "beta")
 
-    def __init__(self, beta: float = 0.5, temperature: float = 1.0, chunk_size: int | None = None) -> None:
-        super().__init__(temperature, chunk_size)
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0, chunk_size: int | None = None,
+                 fused: bool = False) -> None:
+        super().__init__(temperature, chunk_size, fused)
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:
             raise ValueError(f"`beta` must be a number in [0, 1], got {beta!r}.")
         self.beta = float(beta)
@@ -98,6 +105,104 @@ class CEObjective(Objective):
                 "from `objectives`."
             )
         return losses.ce(student.logits, student.labels, mask=student.mask, reduction="sum")
+
+
+#: Rows per chunk of the one-pass divergence + `ce` (`chunked_losses.divergence_ce`, and the fused variant) when the
+#: divergence objective sets no `chunk_size`: 128 on a CPU (32 is as fast with one thread, 302 vs 316 ms CPU at
+#: V = 30,522, but its four times as many small operations lost to 128 with two threads on a loaded machine: 2.79
+#: vs 2.07 s per step in benchmarks/vs_trl.py); 1024 on an accelerator (fewer kernel launches; the working set is
+#: then ~7 × 1024 × V × 4 bytes, 0.9 GiB at 32k).
+JOINT_CHUNK_SIZE = 128
+JOINT_CHUNK_SIZE_ACCELERATOR = 1024
+
+
+def joint_chunk_size(device: torch.device) -> int:
+    return JOINT_CHUNK_SIZE if device.type == "cpu" else JOINT_CHUNK_SIZE_ACCELERATOR
+
+
+class JointLogitTerms:
+    """A divergence objective (``kl``, ``reverse_kl``, ``jsd``) and the ``ce`` objective on the same student logits,
+    computed in one pass (`chunked_losses.divergence_ce`): one student log-softmax per chunk serves both (at T = 1;
+    at T ≠ 1 the divergence's tempered one is computed beside it) and one closed-form gradient buffer holds the sum
+    of both gradients. The values and gradients are those of the two objectives computed separately.
+
+    With ``fused: true`` on the divergence, training runs the student without its full logits (the task's
+    ``head_hidden``) and computes both terms from its final hidden states and LM head
+    (`chunked_losses.fused_linear_divergence_ce`); ``ce`` is then optional. Every other objective reading the
+    student's logits is refused, as they would not exist.
+
+    In a language task a divergence without ``ce`` takes the same path (``ce`` weight 0): chunk by chunk with the
+    closed-form gradient, as ``chunk_size`` would, the same values as the dense functions, faster and leaner at a
+    vocabulary's width (docs/benchmarks.md). The trainer asks `find` once; `applies` per batch (a top-k teacher
+    cache, or a batch without labels, leaves the objectives to run separately, except in fused training, which
+    needs the teacher's full logits)."""
+
+    def __init__(self, divergence: Any, ce: Any | None, fused: bool) -> None:
+        self.divergence_item, self.ce_item, self.fused = divergence, ce, fused
+        self.keys = frozenset(item.key for item in (divergence, ce) if item is not None)
+
+    @classmethod
+    def find(cls, items: Any, language: bool = False) -> JointLogitTerms | None:
+        """The plan for these objectives, or None. ``language``: a language task, where a divergence without
+        ``ce`` also goes through the one-pass loss (chunk by chunk, closed-form gradient: the same values, faster
+        and leaner than the dense functions at a vocabulary's width)."""
+        divergences = [item for item in items if isinstance(item.objective, _TemperedDivergence)]
+        ces = [item for item in items if isinstance(item.objective, CEObjective)]
+        fused = [item for item in divergences if item.objective.fused]
+        if fused:
+            if len(divergences) > 1 or len(ces) > 1:
+                raise ValueError(f"`fused: true` ({fused[0].key!r}) computes one divergence and at most one `ce` from "
+                                 "the student's hidden states; this run has "
+                                 f"{', '.join(item.key for item in divergences + ces)}. Keep one of each, or remove "
+                                 "`fused`.")
+            others = [item.key for item in items if item not in divergences + ces
+                      and ("logits" in item.objective.requires or "distillation_logits" in item.objective.requires)]
+            if others:
+                raise ValueError(f"`fused: true` ({fused[0].key!r}) trains without the student's full logits, but "
+                                 f"{', '.join(map(repr, others))} read them. Remove `fused` or those objectives.")
+            return cls(fused[0], ces[0] if ces else None, True)
+        if divergences and (ces or language):
+            return cls(divergences[0], ces[0] if ces else None, False)
+        return None
+
+    def student_requires(self, requires: frozenset[str]) -> frozenset[str]:
+        """What the student must produce in fused training: its head's inputs instead of its logits."""
+        return (requires - {"logits"}) | {"head_hidden"} if self.fused else requires
+
+    def applies(self, student: Signals, teacher: Signals | None) -> bool:
+        if student.head_hidden is not None:
+            if teacher is None or teacher.logits is None:
+                raise ValueError(f"`fused: true` ({self.divergence_item.key!r}) needs the teacher's full logits (a "
+                                 "live teacher or a full-logit cache); this batch's teacher signals have none (a top-k "
+                                 "cache?). Remove `fused`.")
+            return True
+        return (teacher is not None and teacher.logits is not None and student.logits is not None
+                and (student.labels is not None or self.ce_item is None)
+                and teacher.logits.shape == student.logits.shape)
+
+    def terms(self, student: Signals, teacher: Signals) -> dict[str, torch.Tensor]:
+        """``{key: weighted sum over the batch's items}`` for the two objectives. The divergence's entry carries the
+        gradient of both; its value is still its own weighted term (the ``ce`` value, without gradient, is
+        subtracted), so that logging and the summed loss are those of the separate objectives."""
+        div_item, ce_item = self.divergence_item, self.ce_item
+        if ce_item is not None and student.labels is None:
+            ce_item.objective(student, teacher)  # raises its error: the batch has no labels
+        objective = div_item.objective
+        ce_weight = ce_item.weight if ce_item is not None and student.labels is not None else 0.0
+        labels = student.labels if ce_item is not None else torch.full(
+            student.mask.shape, -100, dtype=torch.long, device=student.mask.device)
+        options = dict(divergence=objective.divergence, beta=objective.beta, temperature=objective.temperature,
+                       divergence_weight=div_item.weight, ce_weight=ce_weight, mask=student.mask, reduction="sum",
+                       chunk_size=objective.chunk_size or joint_chunk_size(student.mask.device))
+        if student.head_hidden is not None:
+            out = chunked_losses.fused_linear_divergence_ce(student.head_hidden, student.head_weight, teacher.logits,
+                                                            labels, student_bias=student.head_bias, **options)
+        else:
+            out = chunked_losses.divergence_ce(student.logits, teacher.logits, labels, **options)
+        terms = {div_item.key: out.total - ce_weight * out.ce}
+        if ce_item is not None:
+            terms[ce_item.key] = ce_weight * out.ce
+        return terms
 
 
 def _check_weight(name: str, value: float) -> float:

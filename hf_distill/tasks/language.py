@@ -12,12 +12,17 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from .. import losses
 from ..signals import Signals, logit_divergence
-from .base import TASKS, TaskAdapter, base_model_of
+from .base import TASKS, TaskAdapter, base_model_of, unwrap_model
 
 __all__ = ["LanguageTask"]
 
 _CAUSAL = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 _MASKED = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
+
+
+#: Config attributes (and their no-op values) of models that change the logits after the LM head.
+_LOGIT_POSTPROCESSING = (("final_logit_softcapping", None), ("logit_scale", 1.0), ("logits_scaling", 1.0),
+                         ("output_multiplier_scale", 1.0))
 
 
 @TASKS.register
@@ -35,6 +40,7 @@ class LanguageTask(TaskAdapter):
 
     def __init__(self, causal: bool = True) -> None:
         self.causal = causal
+        self._fused_head_checked = False
 
     @classmethod
     def detect(cls, model: nn.Module) -> LanguageTask | None:
@@ -93,6 +99,8 @@ class LanguageTask(TaskAdapter):
         kwargs: dict[str, Any] = self.output_kwargs(requires)
         if self.causal:
             kwargs["use_cache"] = False
+        if "head_hidden" in requires:
+            return self._run_for_fused_loss(model, batch, kwargs)
         outputs = model(**self.model_inputs(batch), **kwargs)
         logits = outputs.logits[:, :-1] if self.causal else outputs.logits
         return Signals(
@@ -101,6 +109,70 @@ class LanguageTask(TaskAdapter):
             mask=self.item_mask(batch),
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
+        )
+
+    def check_fused_head(self, model: nn.Module) -> nn.Linear:
+        """The student's LM head, if a fused loss (`chunked_losses.fused_linear_divergence_ce`) can stand in for it:
+        a causal LM whose head is a plain ``nn.Linear`` and whose config applies nothing to the logits after it
+        (soft-capping, scaling). Raises a ValueError saying why not otherwise."""
+        name = type(unwrap_model(model)).__name__
+        if not self.causal:
+            raise ValueError(f"`fused: true` is for causal language models; the student ({name}) is a masked LM, whose "
+                             "head is more than one linear layer. Remove `fused`.")
+        head = unwrap_model(model).get_output_embeddings() if hasattr(unwrap_model(model), "get_output_embeddings") \
+            else None
+        if type(head) is not nn.Linear:
+            raise ValueError(f"`fused: true` computes the student's logits from its LM head's weight, which needs the "
+                             f"head to be a plain torch.nn.Linear; {name}'s is {type(head).__name__} (an adapter on "
+                             "the head, or a custom head). Remove `fused`.")
+        config = getattr(unwrap_model(model), "config", None)
+        text_config = config.get_text_config() if config is not None else None
+        for key, neutral in _LOGIT_POSTPROCESSING:
+            value = getattr(text_config, key, neutral)
+            if value is not None and value != neutral:
+                raise ValueError(f"`fused: true` computes the logits as hidden states @ head weight, but {name} "
+                                 f"post-processes its logits (config.{key} = {value!r}). Remove `fused`.")
+        return head
+
+    def _run_for_fused_loss(self, model: nn.Module, batch: dict[str, Any], kwargs: dict[str, Any]) -> Signals:
+        """Run the student without its full logits: a forward pre-hook on the LM head keeps the hidden states the
+        head receives (whatever the architecture does before it: final norm, ...) and lets the head compute the
+        last position only. That last position is compared, on the first batch, with the hidden states times the
+        head's weight, so that a model which does more after its head fails loudly instead of training wrong."""
+        head = self.check_fused_head(model)
+        captured: dict[str, torch.Tensor] = {}
+
+        def last_position_only(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            captured["hidden"] = args[0]
+            return (args[0][:, -1:], *args[1:])
+
+        handle = head.register_forward_pre_hook(last_position_only)
+        try:
+            outputs = model(**self.model_inputs(batch), **kwargs)
+        finally:
+            handle.remove()
+        hidden = captured.get("hidden")
+        length = batch["input_ids"].shape[1]
+        if hidden is None or hidden.dim() != 3 or hidden.shape[1] != length:
+            raise ValueError(f"`fused: true`: {type(unwrap_model(model)).__name__} did not pass its [batch, {length}, "
+                             "hidden] states through its LM head module (get_output_embeddings()) in one call. "
+                             "Remove `fused`.")
+        if not self._fused_head_checked:
+            expected = nn.functional.linear(hidden[:, -1:], head.weight, head.bias)
+            if outputs.logits.shape != expected.shape or not torch.allclose(
+                    outputs.logits.detach().float(), expected.detach().float(), rtol=1e-4, atol=1e-5):
+                raise ValueError(f"`fused: true`: {type(unwrap_model(model)).__name__}'s logits are not its final "
+                                 "hidden states times its LM head (the model changes them after the head). Remove "
+                                 "`fused`.")
+            self._fused_head_checked = True
+        return Signals(
+            labels=self._labels(batch),
+            mask=self.item_mask(batch),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+            head_hidden=hidden[:, :-1],
+            head_weight=head.weight,
+            head_bias=head.bias,
         )
 
     def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
