@@ -449,6 +449,19 @@ def _training_fields(cls: type | None = None) -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
 
 
+def _type_problem(value: Any, allowed: tuple[type, ...] | None, where: str) -> str | None:
+    """What is wrong with ``value`` for a field of the plain ``allowed`` types (None: anything goes), or None. Booleans
+    are not numbers here; an int is a float."""
+    if allowed is None or value is None and type(None) in allowed:
+        return None
+    ok = isinstance(value, allowed) and (not isinstance(value, bool) or bool in allowed)
+    ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+    if ok:
+        return None
+    expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
+    return f"`{where}` must be {expected}, got {value!r} ({type(value).__name__})."
+
+
 def _simple_types(hint: Any) -> tuple[type, ...] | None:
     """The plain types a field accepts, or None when it takes richer values (lists, dicts, enums, ...)."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
@@ -468,14 +481,9 @@ def _check_training_arguments(
                 f"field.{did_you_mean(key, fields)} See `hf-distill train --help`."
             )
             continue
-        allowed = _simple_types(fields[key])
-        if allowed is None or value is None and type(None) in allowed:
-            continue
-        ok = isinstance(value, allowed) and (not isinstance(value, bool) or bool in allowed)
-        ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
-        if not ok:
-            expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
-            problems.append(f"`{where}.{key}` must be {expected}, got {value!r} ({type(value).__name__}).")
+        problem = _type_problem(value, _simple_types(fields[key]), f"{where}.{key}")
+        if problem:
+            problems.append(problem)
 
 
 _RECIPE_OWNED_TRAINING = {
@@ -713,13 +721,9 @@ def _check_peft(spec: dict[str, Any], problems: list[str]) -> None:
         hints = {}
     for key, value in spec.items():
         allowed = _simple_types(hints.get(key, Any)) if key not in PEFT_RECIPE_KEYS else None
-        if allowed is None or value is None and type(None) in allowed:
-            continue
-        ok = isinstance(value, allowed) and (not isinstance(value, bool) or bool in allowed)
-        ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
-        if not ok:
-            expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in allowed)
-            problems.append(f"`student.peft.{key}` must be {expected}, got {value!r} ({type(value).__name__}).")
+        problem = _type_problem(value, allowed, f"student.peft.{key}")
+        if problem:
+            problems.append(problem)
             return
     try:
         build_peft_config(spec)
