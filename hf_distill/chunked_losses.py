@@ -51,9 +51,11 @@ from .losses import (
     _reduce,
     _tempered,
     _tempered_log_probs,
+    _topk_teacher_log_probs,
 )
 
-__all__ = ["chunked_divergence", "fused_linear_divergence", "divergence_ce", "fused_linear_divergence_ce", "JointLoss"]
+__all__ = ["chunked_divergence", "fused_linear_divergence", "divergence_ce", "topk_divergence_ce",
+           "fused_linear_divergence_ce", "JointLoss"]
 
 Divergence = Literal["kl", "reverse_kl", "jsd"]
 _DIVERGENCES = ("kl", "reverse_kl", "jsd")
@@ -421,6 +423,8 @@ def _joint_chunk(
     The student's log-softmax at T = 1 serves both the CE and, at T = 1, the divergence (computed once); at
     T ≠ 1 the divergence needs ``log_softmax(z_s / T)``, a different tensor, computed separately. CE gradient per
     labelled row: ``softmax(z_s) − onehot(label)``."""
+    if isinstance(z_t, tuple):
+        return _topk_joint_chunk(z_s, z_t, targets, divergence, beta, temperature, div_scale, ce_scale, need_grad)
     labelled = targets != -100
     index = targets.clamp_min(0).unsqueeze(-1)
     if ce_scale is None and z_t is not None:  # no labelled row in the whole input: the divergence alone
@@ -460,6 +464,51 @@ def _joint_chunk(
             grad.add_(p1.mul_(row_ce.unsqueeze(-1)))
     if row_ce is not None:
         grad.scatter_add_(-1, index, -row_ce.unsqueeze(-1))
+    return div_rows, ce_rows, grad
+
+
+def _topk_joint_chunk(
+    z_s: torch.Tensor,
+    support: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    targets: torch.Tensor,
+    divergence: str,
+    beta: float,
+    temperature: float,
+    div_scale: float | None,
+    ce_scale: float | None,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`_joint_chunk` for a teacher known by its top-k support: ``support`` = float32 top-k logits ``[c, k]``, their
+    int64 indices ``[c, k]`` and the float32 tail mass ``[c]`` (`losses.topk_divergence`'s k + 1 buckets).
+
+    The divergence is that of the bucket distributions; its gradient comes from the buckets through the chain rule.
+    A bucket's log-probability is a log-softmax of bucket logits ``u_b = logsumexp_{v in b} a_v`` (a = z_s / T), so
+    with ``h = ∂D/∂u`` (`_chunk_rows_and_grad` on the ``[c, k + 1]`` buckets, cheap) and ``∂u_b/∂a_v =
+    [v in b] · p_s(v) / p_s(b)``: a top-k token's gradient is its bucket's ``h``, a tail token's is ``h_tail ·
+    p_s(v) / p_s(tail)``. The student's log-softmax at T = 1 also serves the CE (and, at T = 1, the buckets)."""
+    values, indices, tail = support
+    labelled = targets != -100
+    index = targets.clamp_min(0).unsqueeze(-1)
+    log_p1 = F.log_softmax(z_s, dim=-1)
+    ce_rows = torch.where(labelled, -log_p1.gather(-1, index).squeeze(-1), 0.0)
+    log_ps = log_p1 if temperature == 1 else F.log_softmax(z_s / temperature, dim=-1)
+    vocab, k = z_s.shape[-1], indices.shape[-1]
+    buckets = log_ps.gather(-1, indices)
+    in_tail = None
+    if k < vocab:  # the tail: log Σ_{v outside top-k} p_s(v), then p_s(v) / p_s(tail) for its tokens (0 on top-k)
+        in_tail = log_ps.scatter(-1, indices, float("-inf"))
+        log_tail = torch.logsumexp(in_tail, dim=-1, keepdim=True)
+        buckets = torch.cat([buckets, log_tail], dim=-1)
+        in_tail = in_tail.sub_(log_tail.clamp_min(torch.finfo(log_tail.dtype).min)).exp_() if need_grad else None
+    log_pt = _topk_teacher_log_probs(values, tail, vocab, temperature)
+    row_ce = labelled.float() * ce_scale if need_grad and ce_scale else None  # per-row CE gradient scale
+    div_rows, h = _chunk_rows_and_grad(buckets, log_pt, divergence, beta, (div_scale or 0.0) if need_grad else None)
+    if h is None:
+        return div_rows, ce_rows, None
+    grad = in_tail.mul_(h[:, k:]) if in_tail is not None else torch.zeros_like(z_s)
+    grad.scatter_(-1, indices, h[:, :k])
+    if row_ce is not None:  # + ce_scale · (softmax(z_s) − onehot(label)) on labelled rows
+        grad.add_(log_p1.exp_().mul_(row_ce.unsqueeze(-1))).scatter_add_(-1, index, -row_ce.unsqueeze(-1))
     return div_rows, ce_rows, grad
 
 
@@ -508,6 +557,21 @@ def _row_reader(tensor: torch.Tensor) -> Callable[[slice | torch.Tensor], torch.
     return flat.__getitem__
 
 
+def _teacher_reader(
+    teacher: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> Callable[[slice | torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...] | None]:
+    """``selector -> `` a chunk of the teacher as `_joint_chunk` takes it: float32 logits ``[c, V]``, or for a top-k
+    support ``(logits [..., k], indices [..., k], tail mass [...])`` the float32 / int64 / float32 rows; None for
+    no teacher."""
+    if teacher is None:
+        return lambda sel: None
+    if isinstance(teacher, torch.Tensor):
+        read = _row_reader(teacher)
+        return lambda sel: read(sel).float()
+    values, indices, tail = _row_reader(teacher[0]), _row_reader(teacher[1]), teacher[2].reshape(-1)
+    return lambda sel: (values(sel).float(), indices(sel).long(), tail[sel].float())
+
+
 class _DivergenceCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logits, teacher_logits, targets, rows, divergence, beta, temperature, reduction,
@@ -515,7 +579,7 @@ class _DivergenceCE(torch.autograd.Function):
         vocab = student_logits.shape[-1]
         num_rows = student_logits.numel() // vocab if vocab else 0
         student = _row_reader(student_logits)
-        teacher = None if teacher_logits is None else _row_reader(teacher_logits)
+        teacher = _teacher_reader(teacher_logits)
         count = num_rows if rows is None else rows.numel()
         selected = targets if rows is None else targets[rows]
         labelled = int((selected != -100).sum())
@@ -523,11 +587,10 @@ class _DivergenceCE(torch.autograd.Function):
         ce_scale = ce_scale if labelled else None
         need_grad = ctx.needs_input_grad[0]
         grad = student_logits.new_zeros(num_rows, vocab) if need_grad else None
-        div_rows = None if teacher is None else student_logits.new_zeros(count, dtype=torch.float32)
+        div_rows = None if teacher_logits is None else student_logits.new_zeros(count, dtype=torch.float32)
         ce_rows = student_logits.new_zeros(count, dtype=torch.float32)
         for start, stop, sel in _chunks(num_rows, rows, chunk_size):
-            d, c, g = _joint_chunk(student(sel).float(), None if teacher is None else teacher(sel).float(),
-                                   targets[sel], divergence, beta, temperature, div_scale, ce_scale, need_grad)
+            d, c, g = _joint_chunk(student(sel).float(), teacher(sel), targets[sel], divergence, beta, temperature, div_scale, ce_scale, need_grad)
             if d is not None:
                 div_rows[start:stop] = d
             ce_rows[start:stop] = c
@@ -608,12 +671,74 @@ def divergence_ce(
     return JointLoss(total, div, ce)
 
 
+def topk_divergence_ce(
+    student_logits: torch.Tensor,
+    teacher_topk_logits: torch.Tensor,
+    teacher_topk_indices: torch.Tensor,
+    teacher_tail_mass: torch.Tensor,
+    labels: torch.Tensor,
+    divergence: Divergence = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    divergence_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    chunk_size: int = 1024,
+) -> JointLoss:
+    """:func:`divergence_ce` for a teacher known only by its top-k support (a teacher-signal cache):
+    ``total = divergence_weight · D + ce_weight · CE`` with ``D`` = :func:`~hf_distill.losses.topk_divergence`
+    (the divergence over the k + 1 buckets: the teacher's top-k tokens and the tail) and ``CE`` =
+    :func:`~hf_distill.losses.ce`, in one pass over the student's logits, chunk by chunk, with one closed-form
+    gradient buffer: the same values and gradients as the two functions computed separately and added.
+
+    Computed separately, ``topk_divergence`` runs a log-sum-exp over the ``[N, V]`` logits, builds a second
+    ``[N, V]`` copy for the tail's log-sum-exp and keeps autograd intermediates of both, and ``ce`` takes its own
+    log-softmax; here one log-softmax per chunk serves both terms (at T = 1) and the tail is read from it.
+
+    Args:
+        teacher_topk_logits, teacher_topk_indices, teacher_tail_mass: the support, as in
+            :func:`~hf_distill.losses.topk_divergence` (``[..., k]``, ``[..., k]``, ``[...]``).
+        Others: as in :func:`divergence_ce`.
+
+    Example::
+
+        >>> from hf_distill.losses import ce, topk_divergence, topk_from_logits
+        >>> s, t = torch.randn(2, 5, 11, requires_grad=True), torch.randn(2, 5, 11)
+        >>> y, support = torch.randint(0, 11, (2, 5)), topk_from_logits(t, k=4)
+        >>> out = topk_divergence_ce(s, *support, y, "kl", ce_weight=0.5, chunk_size=3)
+        >>> torch.allclose(out.total, topk_divergence(s, *support) + 0.5 * ce(s, y))
+        True
+    """
+    divergence = _check_options(divergence, beta, temperature, reduction, chunk_size)
+    _check_weights(divergence_weight, ce_weight)
+    lead, vocab = student_logits.shape[:-1], student_logits.shape[-1] if student_logits.dim() else 0
+    if (student_logits.dim() == 0 or teacher_topk_logits.shape != teacher_topk_indices.shape
+            or teacher_topk_logits.shape[:-1] != lead or teacher_tail_mass.shape != lead):
+        raise ValueError(
+            f"The teacher's support must be top-k logits and indices {(*lead, 'k')} and a tail mass {tuple(lead)} for "
+            f"student logits {tuple(student_logits.shape)}, got {tuple(teacher_topk_logits.shape)}, "
+            f"{tuple(teacher_topk_indices.shape)} and {tuple(teacher_tail_mass.shape)}."
+        )
+    if teacher_topk_indices.shape[-1] > vocab:
+        raise ValueError(f"The teacher's support has k={teacher_topk_indices.shape[-1]} entries but the student's "
+                         f"vocabulary only {vocab}.")
+    targets = _joint_targets(labels, lead, vocab)
+    rows = _counted_rows(lead, mask, student_logits.device)
+    support = tuple(t.detach() for t in (teacher_topk_logits, teacher_topk_indices, teacher_tail_mass))
+    total, div, ce = _DivergenceCE.apply(
+        student_logits, support, targets.to(student_logits.device), rows, divergence, beta, temperature, reduction,
+        int(chunk_size), float(divergence_weight), float(ce_weight),
+    )
+    return JointLoss(total, div, ce)
+
+
 class _FusedLinearDivergenceCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s_hidden, s_weight, s_bias, teacher_logits, targets, rows, divergence, beta, temperature,
                 reduction, chunk_size, divergence_weight, ce_weight):
         hs = s_hidden.reshape(-1, s_hidden.shape[-1])
-        teacher = None if teacher_logits is None else _row_reader(teacher_logits)
+        teacher = _teacher_reader(teacher_logits)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         need_grad = need_h or need_w or need_b
         count = hs.shape[0] if rows is None else rows.numel()
@@ -624,12 +749,12 @@ class _FusedLinearDivergenceCE(torch.autograd.Function):
         grad_h = hs.new_zeros(hs.shape) if need_h else None
         grad_w = s_weight.new_zeros(s_weight.shape, dtype=torch.float32) if need_w else None
         grad_b = s_bias.new_zeros(s_bias.shape, dtype=torch.float32) if need_b else None
-        div_rows = None if teacher is None else hs.new_zeros(count, dtype=torch.float32)
+        div_rows = None if teacher_logits is None else hs.new_zeros(count, dtype=torch.float32)
         ce_rows = hs.new_zeros(count, dtype=torch.float32)
         for start, stop, sel in _chunks(hs.shape[0], rows, chunk_size):
             h = hs[sel]
             d, c, g = _joint_chunk(F.linear(h, s_weight, s_bias).float(),
-                                   None if teacher is None else teacher(sel).float(), targets[sel], divergence,
+                                   teacher(sel), targets[sel], divergence,
                                    beta, temperature, div_scale, ce_scale, need_grad)
             if d is not None:
                 div_rows[start:stop] = d

@@ -326,21 +326,30 @@ def _topk_bucket_log_probs(
     scaled = _tempered(student, temperature)
     log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)  # no full [N, V] log-softmax: only k + 1 buckets are read
     log_ps = scaled.gather(-1, topk_indices) - log_z
-    teacher = topk_logits.float() / temperature
+    log_pt = _topk_teacher_log_probs(topk_logits, tail_mass, vocab, temperature)
     if k == vocab:  # no tail: the support is the whole vocabulary
-        return log_ps, F.log_softmax(teacher, dim=-1)
+        return log_ps, log_pt
     # Student tail: log Σ_{v outside top-k} p_s(v), as a log-sum-exp over the other logits (stable near 0 and 1).
     log_ps_tail = torch.logsumexp(scaled.scatter(-1, topk_indices, float("-inf")), dim=-1) - log_z.squeeze(-1)
-    # Teacher tail: at T = 1 its mass is r. The cache does not keep the tail's logits, so they are taken as equal:
+    return torch.cat([log_ps, log_ps_tail.unsqueeze(-1)], dim=-1), log_pt
+
+
+def _topk_teacher_log_probs(topk_logits: torch.Tensor, tail_mass: torch.Tensor, vocab: int, temperature: float,
+                            ) -> torch.Tensor:
+    """A cached teacher's ``[N, k]`` top-k logits and ``[N]`` tail mass → its float32 log-probabilities over the
+    k + 1 buckets (top-k tokens, then the tail) at temperature T, ``[N, k + 1]`` (``[N, k]`` when k = V)."""
+    teacher = topk_logits.float() / temperature
+    if topk_logits.shape[-1] == vocab:
+        return F.log_softmax(teacher, dim=-1)
+    # At T = 1 the tail's mass is r. The cache does not keep the tail's logits, so they are taken as equal:
     # z_tail = log Z − log(V − k) + log r with log Z = logsumexp(top-k logits) − log(1 − r); at temperature T the
     # tail then weighs (V − k)·exp(z_tail / T), i.e. log (V − k) + z_tail / T before normalisation (exact at T = 1).
     tail = tail_mass.float().clamp(0.0, 1.0)
     log_z = torch.logsumexp(topk_logits.float(), dim=-1) - torch.log1p(-tail.clamp(max=1.0 - 1e-7))
-    log_m = math.log(vocab - k)
+    log_m = math.log(vocab - topk_logits.shape[-1])
     z_tail = log_z - log_m + torch.log(tail)
     teacher_tail = log_m + z_tail / temperature
-    log_pt = F.log_softmax(torch.cat([teacher, teacher_tail.unsqueeze(-1)], dim=-1), dim=-1)
-    return torch.cat([log_ps, log_ps_tail.unsqueeze(-1)], dim=-1), log_pt
+    return F.log_softmax(torch.cat([teacher, teacher_tail.unsqueeze(-1)], dim=-1), dim=-1)
 
 
 def topk_divergence(

@@ -102,6 +102,31 @@ def test_topk_cache_gives_the_bucket_divergence_of_the_live_teacher(tmp_path, te
     assert 0 <= metrics["eval_top1_agreement"] <= 1
 
 
+@pytest.mark.parametrize("objectives", [
+    KL_CE,
+    [{"name": "jsd", "weight": 1.0, "beta": 0.3, "temperature": 1.5}, {"name": "ce", "weight": 0.5}],
+    [{"name": "reverse_kl", "weight": 1.0}],
+])
+def test_topk_cache_trains_in_one_pass_like_the_separate_objectives(tmp_path, teacher, train_data, objectives):
+    # With a top-k cache the divergence and `ce` share one pass over the student's logits
+    # (`chunked_losses.topk_divergence_ce`); the reference runs each objective on its own (autograd).
+    cache = build(tmp_path / "cache", teacher, train_data, top_k=8)
+    runs = {}
+    for name in ("one_pass", "separate"):
+        args = config(tmp_path / name, per_device_train_batch_size=4, max_steps=3, learning_rate=1e-2,
+                      logging_steps=1, objectives=objectives, optim="sgd", teacher_cache=str(cache.path))
+        trainer = DistillationTrainer(model=tiny_gpt2(layers=1, seed=2), args=args, train_dataset=train_data,
+                                      data_collator=pad_collate)
+        assert trainer._joint is not None
+        if name == "separate":
+            trainer._joint = None
+        trainer.train()
+        runs[name] = trainer
+    for key in ["loss"] + [f"loss/{o['name']}" for o in objectives]:  # KL ~0.003 here: float32 rounding ~3e-8
+        assert logged(runs["one_pass"], key) == pytest.approx(logged(runs["separate"], key), rel=1e-5, abs=1e-7), key
+    assert_same_weights(runs["one_pass"].model, runs["separate"].model, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_storage(tmp_path, teacher, train_data, dtype):
     full = build(tmp_path / "full", teacher, train_data, top_k=5)

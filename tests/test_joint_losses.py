@@ -1,12 +1,13 @@
-"""`divergence_ce` and `fused_linear_divergence_ce`: a divergence and the label cross-entropy in one pass, against
-the separate dense functions (autograd through `losses.kl_div` / `reverse_kl` / `jsd` and `F.cross_entropy`)."""
+"""`divergence_ce`, `topk_divergence_ce` and `fused_linear_divergence_ce`: a divergence and the label cross-entropy
+in one pass, against the separate dense functions (autograd through `losses.kl_div` / `reverse_kl` / `jsd` /
+`topk_divergence` and `F.cross_entropy`)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hf_distill import losses
-from hf_distill.chunked_losses import divergence_ce, fused_linear_divergence_ce
+from hf_distill.chunked_losses import divergence_ce, fused_linear_divergence_ce, topk_divergence_ce
 
 
 def _separate(student, teacher, labels, divergence, beta, temperature, wd, wc, mask, reduction):
@@ -145,3 +146,82 @@ def test_divergence_ce_reads_shifted_logits_without_copying_them_first(use_mask)
     out.total.backward()
     torch.testing.assert_close(out.total, ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
+
+
+# ---- a top-k teacher support (a teacher-signal cache) ----------------------------------------------------------------
+
+
+def _topk_reference(student, support, labels, divergence, beta, temperature, wd, wc, mask, reduction):
+    div = losses.topk_divergence(student, *support, divergence, beta=beta, temperature=temperature, mask=mask,
+                                 reduction=reduction)
+    keep = labels != -100
+    if mask is not None:
+        keep = keep & mask
+    targets = labels.masked_fill(~keep, -100).reshape(-1)
+    ce = F.cross_entropy(student.reshape(-1, student.shape[-1]).float(), targets, ignore_index=-100, reduction="sum")
+    if reduction == "mean":
+        ce = ce / keep.sum().clamp_min(1)
+    return wd * div + wc * ce, div, ce
+
+
+@pytest.mark.parametrize("divergence,beta,temperature", CASES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("use_mask", [True, False])
+@pytest.mark.parametrize("k", [4, 13])  # 13 = V: no tail bucket
+def test_topk_divergence_ce_matches_separate_losses(divergence, beta, temperature, reduction, use_mask, k):
+    student, teacher, labels, mask = _batch(5)
+    mask = mask if use_mask else None
+    support = losses.topk_from_logits(teacher, k)
+    a = student.clone().requires_grad_(True)
+    ref_total, ref_div, ref_ce = _topk_reference(a, support, labels, divergence, beta, temperature, 0.7, 0.4, mask,
+                                                 reduction)
+    ref_total.backward()
+    b = student.clone().requires_grad_(True)
+    out = topk_divergence_ce(b, *support, labels, divergence, beta=beta, temperature=temperature,
+                             divergence_weight=0.7, ce_weight=0.4, mask=mask, reduction=reduction, chunk_size=4)
+    out.total.backward()
+    assert torch.allclose(out.total, ref_total, atol=1e-6, rtol=1e-6)
+    assert torch.allclose(out.divergence, ref_div, atol=1e-6, rtol=1e-6)
+    assert torch.allclose(out.ce, ref_ce, atol=1e-6, rtol=1e-6)
+    assert torch.allclose(b.grad, a.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_topk_divergence_ce_tail_gradient_is_exact_when_the_students_tail_is_tiny():
+    # The student puts e^-60 on each tail token (tail mass ~1e-25), the teacher 1e-3 on its tail: the tail term is
+    # large and its gradient is spread over the tail tokens by p_s(v) / p_s(tail), which must not under/overflow.
+    g = torch.Generator().manual_seed(6)
+    teacher = torch.randn(2, 5, 40, generator=g)
+    support = losses.topk_from_logits(teacher, 6)
+    values, indices, _ = support
+    tail = torch.full((2, 5), 1e-3)
+    student = torch.randn(2, 5, 40, generator=g).scatter(-1, indices, 60.0)
+    labels = indices[..., 0]
+    a = student.double().requires_grad_(True)  # the float64 reference
+    _topk_reference(a, (values.double(), indices, tail.double()), labels, "kl", 0.5, 1.0, 1.0, 0.5, None,
+                    "mean")[0].backward()
+    b = student.clone().requires_grad_(True)
+    out = topk_divergence_ce(b, values, indices, tail, labels, "kl", ce_weight=0.5, chunk_size=3)
+    out.total.backward()
+    assert torch.isfinite(b.grad).all()
+    assert torch.allclose(b.grad.double(), a.grad, atol=1e-6, rtol=1e-4)
+    outside = torch.ones_like(student, dtype=torch.bool).scatter(-1, indices, False)
+    assert (b.grad[outside] < 0).all()  # the student must raise its tail towards the teacher's 1e-3
+
+
+def test_topk_divergence_ce_reads_a_half_precision_cache_as_float32():
+    student, teacher, labels, mask = _batch(7)
+    values, indices, tail = losses.topk_from_logits(teacher, 5)
+    half = (values.half(), indices.int(), tail.half())
+    want = topk_divergence_ce(student, half[0].float(), indices, half[2].float(), labels, mask=mask).total
+    assert torch.equal(topk_divergence_ce(student, *half, labels, mask=mask).total, want)
+
+
+def test_topk_divergence_ce_refuses_a_support_of_the_wrong_shape():
+    student, teacher, labels, _ = _batch(8)
+    values, indices, tail = losses.topk_from_logits(teacher, 5)
+    with pytest.raises(ValueError, match="top-k logits and indices"):
+        topk_divergence_ce(student, values[:, :-1], indices[:, :-1], tail, labels)
+    with pytest.raises(ValueError, match="tail mass"):
+        topk_divergence_ce(student, values, indices, tail[:, None], labels)
+    with pytest.raises(ValueError, match="k=20"):
+        topk_divergence_ce(student, *losses.topk_from_logits(torch.randn(3, 7, 20), 20), labels)

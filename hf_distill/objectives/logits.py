@@ -133,9 +133,10 @@ class JointLogitTerms:
 
     In a language task a divergence without ``ce`` takes the same path (``ce`` weight 0): chunk by chunk with the
     closed-form gradient, as ``chunk_size`` would, the same values as the dense functions, faster and leaner at a
-    vocabulary's width (docs/benchmarks.md). The trainer asks `find` once; `applies` per batch (a top-k teacher
-    cache, or a batch without labels, leaves the objectives to run separately, except in fused training, which
-    needs the teacher's full logits)."""
+    vocabulary's width (docs/benchmarks.md). A top-k teacher cache takes the same one pass over its k + 1 buckets
+    (`chunked_losses.topk_divergence_ce`), except in fused training, which needs the teacher's full logits. The
+    trainer asks `find` once; `applies` per batch (a batch without labels leaves the objectives to run
+    separately)."""
 
     def __init__(self, divergence: Any, ce: Any | None, fused: bool) -> None:
         self.divergence_item, self.ce_item, self.fused = divergence, ce, fused
@@ -176,9 +177,11 @@ class JointLogitTerms:
                                  "live teacher or a full-logit cache); this batch's teacher signals have none (a top-k "
                                  "cache?). Remove `fused`.")
             return True
-        return (teacher is not None and teacher.logits is not None and student.logits is not None
-                and (student.labels is not None or self.ce_item is None)
-                and teacher.logits.shape == student.logits.shape)
+        if teacher is None or student.logits is None or (student.labels is None and self.ce_item is not None):
+            return False
+        if teacher.logits is not None:
+            return teacher.logits.shape == student.logits.shape
+        return teacher.topk_indices is not None and teacher.topk_indices.shape[:-1] == student.logits.shape[:-1]
 
     def terms(self, student: Signals, teacher: Signals) -> dict[str, torch.Tensor]:
         """``{key: weighted sum over the batch's items}`` for the two objectives. The divergence's entry carries the
@@ -197,8 +200,11 @@ class JointLogitTerms:
         if student.head_hidden is not None:
             out = chunked_losses.fused_linear_divergence_ce(student.head_hidden, student.head_weight, teacher.logits,
                                                             labels, student_bias=student.head_bias, **options)
-        else:
+        elif teacher.logits is not None:
             out = chunked_losses.divergence_ce(student.logits, teacher.logits, labels, **options)
+        else:  # a top-k teacher cache
+            out = chunked_losses.topk_divergence_ce(student.logits, teacher.topk_logits, teacher.topk_indices,
+                                                    teacher.tail_mass, labels, **options)
         terms = {div_item.key: out.total - ce_weight * out.ce}
         if ce_item is not None:
             terms[ce_item.key] = ce_weight * out.ce
