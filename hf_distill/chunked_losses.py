@@ -590,7 +590,8 @@ class _DivergenceCE(torch.autograd.Function):
         div_rows = None if teacher_logits is None else student_logits.new_zeros(count, dtype=torch.float32)
         ce_rows = student_logits.new_zeros(count, dtype=torch.float32)
         for start, stop, sel in _chunks(num_rows, rows, chunk_size):
-            d, c, g = _joint_chunk(student(sel).float(), teacher(sel), targets[sel], divergence, beta, temperature, div_scale, ce_scale, need_grad)
+            d, c, g = _joint_chunk(student(sel).float(), teacher(sel), targets[sel], divergence, beta, temperature,
+                                   div_scale, ce_scale, need_grad)
             if d is not None:
                 div_rows[start:stop] = d
             ce_rows[start:stop] = c
@@ -671,6 +672,23 @@ def divergence_ce(
     return JointLoss(total, div, ce)
 
 
+def _checked_support(support: tuple[torch.Tensor, torch.Tensor, torch.Tensor], lead: torch.Size, vocab: int,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A top-k teacher support ``(logits [..., k], indices [..., k], tail mass [...])`` checked against the
+    student's leading shape and vocabulary, detached."""
+    values, indices, tail = support
+    if values.shape != indices.shape or values.shape[:-1] != lead or tail.shape != lead:
+        raise ValueError(
+            f"The teacher's support must be top-k logits and indices {(*lead, 'k')} and a tail mass {tuple(lead)} "
+            f"(the student's leading shape), got {tuple(values.shape)}, {tuple(indices.shape)} and "
+            f"{tuple(tail.shape)}."
+        )
+    if indices.shape[-1] > vocab:
+        raise ValueError(f"The teacher's support has k={indices.shape[-1]} entries but the student's vocabulary only "
+                         f"{vocab}.")
+    return values.detach(), indices.detach(), tail.detach()
+
+
 def topk_divergence_ce(
     student_logits: torch.Tensor,
     teacher_topk_logits: torch.Tensor,
@@ -712,20 +730,12 @@ def topk_divergence_ce(
     """
     divergence = _check_options(divergence, beta, temperature, reduction, chunk_size)
     _check_weights(divergence_weight, ce_weight)
-    lead, vocab = student_logits.shape[:-1], student_logits.shape[-1] if student_logits.dim() else 0
-    if (student_logits.dim() == 0 or teacher_topk_logits.shape != teacher_topk_indices.shape
-            or teacher_topk_logits.shape[:-1] != lead or teacher_tail_mass.shape != lead):
-        raise ValueError(
-            f"The teacher's support must be top-k logits and indices {(*lead, 'k')} and a tail mass {tuple(lead)} for "
-            f"student logits {tuple(student_logits.shape)}, got {tuple(teacher_topk_logits.shape)}, "
-            f"{tuple(teacher_topk_indices.shape)} and {tuple(teacher_tail_mass.shape)}."
-        )
-    if teacher_topk_indices.shape[-1] > vocab:
-        raise ValueError(f"The teacher's support has k={teacher_topk_indices.shape[-1]} entries but the student's "
-                         f"vocabulary only {vocab}.")
+    if student_logits.dim() == 0:
+        raise ValueError("`student_logits` must be [..., V], got a scalar.")
+    lead, vocab = student_logits.shape[:-1], student_logits.shape[-1]
+    support = _checked_support((teacher_topk_logits, teacher_topk_indices, teacher_tail_mass), lead, vocab)
     targets = _joint_targets(labels, lead, vocab)
     rows = _counted_rows(lead, mask, student_logits.device)
-    support = tuple(t.detach() for t in (teacher_topk_logits, teacher_topk_indices, teacher_tail_mass))
     total, div, ce = _DivergenceCE.apply(
         student_logits, support, targets.to(student_logits.device), rows, divergence, beta, temperature, reduction,
         int(chunk_size), float(divergence_weight), float(ce_weight),
@@ -797,6 +807,7 @@ def fused_linear_divergence_ce(
     reduction: Reduction = "mean",
     chunk_size: int = 1024,
     student_bias: torch.Tensor | None = None,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> JointLoss:
     """:func:`divergence_ce` computed from the student's final hidden states and LM head: the student's ``[N, V]``
     logits never exist for the whole batch.
@@ -815,6 +826,9 @@ def fused_linear_divergence_ce(
         student_weight: ``[V, H]``; student_bias: optional ``[V]``.
         teacher_logits: ``[..., V]`` with the leading shape of ``student_hidden``, or None.
         labels: ``[...]`` token ids, ``-100`` = no CE at that position.
+        teacher_topk: instead of ``teacher_logits``, a teacher known by its top-k support ``(top-k logits [..., k],
+            their indices [..., k], tail mass [...])``: the divergence is then :func:`topk_divergence_ce`'s, over
+            the k + 1 buckets (a teacher-signal cache: neither model's full logits exist).
         Others: as in :func:`divergence_ce`.
     """
     divergence = _check_options(divergence, beta, temperature, reduction, chunk_size)
@@ -826,10 +840,16 @@ def fused_linear_divergence_ce(
             f"`teacher_logits` must have shape {(*student_hidden.shape[:-1], vocab)} (the hidden states' leading "
             f"shape and the LM head's V), got {tuple(teacher_logits.shape)}."
         )
+    if teacher_topk is not None:
+        if teacher_logits is not None:
+            raise ValueError("Give the teacher as `teacher_logits` or as `teacher_topk`, not both.")
+        teacher = _checked_support(teacher_topk, student_hidden.shape[:-1], vocab)
+    else:
+        teacher = None if teacher_logits is None else teacher_logits.detach()
     targets = _joint_targets(labels, student_hidden.shape[:-1], vocab)
     rows = _counted_rows(student_hidden.shape[:-1], mask, student_hidden.device)
     total, div, ce = _FusedLinearDivergenceCE.apply(
-        student_hidden, student_weight, student_bias, None if teacher_logits is None else teacher_logits.detach(),
+        student_hidden, student_weight, student_bias, teacher,
         targets.to(student_hidden.device), rows, divergence, beta, temperature, reduction, int(chunk_size),
         float(divergence_weight), float(ce_weight),
     )

@@ -225,3 +225,27 @@ def test_topk_divergence_ce_refuses_a_support_of_the_wrong_shape():
         topk_divergence_ce(student, values, indices, tail[:, None], labels)
     with pytest.raises(ValueError, match="k=20"):
         topk_divergence_ce(student, *losses.topk_from_logits(torch.randn(3, 7, 20), 20), labels)
+
+
+@pytest.mark.parametrize("divergence,beta,temperature", [("kl", 0.5, 2.0), ("jsd", 0.3, 1.0)])
+def test_fused_linear_divergence_ce_with_a_topk_teacher_matches_dense_path(divergence, beta, temperature):
+    g = torch.Generator().manual_seed(9)
+    _, teacher, labels, mask = _batch(9)
+    support = losses.topk_from_logits(teacher, 4)
+    hidden, weight = torch.randn(3, 7, 6, generator=g), torch.randn(13, 6, generator=g)
+    bias = torch.randn(13, generator=g)
+    params_a = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    ref_total, ref_div, _ = _topk_reference(F.linear(*params_a), support, labels, divergence, beta, temperature,
+                                            0.5, 0.5, mask, "mean")
+    ref_total.backward()
+    params_b = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    out = fused_linear_divergence_ce(params_b[0], params_b[1], None, labels, divergence, beta=beta,
+                                     temperature=temperature, divergence_weight=0.5, ce_weight=0.5, mask=mask,
+                                     chunk_size=4, student_bias=params_b[2], teacher_topk=support)
+    out.total.backward()
+    assert torch.allclose(out.total, ref_total, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(out.divergence, ref_div, atol=1e-5, rtol=1e-5)
+    for pa, pb in zip(params_a, params_b, strict=True):
+        assert torch.allclose(pb.grad, pa.grad, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        fused_linear_divergence_ce(hidden, weight, teacher, labels, teacher_topk=support)

@@ -134,9 +134,8 @@ class JointLogitTerms:
     In a language task a divergence without ``ce`` takes the same path (``ce`` weight 0): chunk by chunk with the
     closed-form gradient, as ``chunk_size`` would, the same values as the dense functions, faster and leaner at a
     vocabulary's width (docs/benchmarks.md). A top-k teacher cache takes the same one pass over its k + 1 buckets
-    (`chunked_losses.topk_divergence_ce`), except in fused training, which needs the teacher's full logits. The
-    trainer asks `find` once; `applies` per batch (a batch without labels leaves the objectives to run
-    separately)."""
+    (`chunked_losses.topk_divergence_ce`; fused too). The trainer asks `find` once; `applies` per batch (a batch
+    without labels leaves the objectives to run separately)."""
 
     def __init__(self, divergence: Any, ce: Any | None, fused: bool) -> None:
         self.divergence_item, self.ce_item, self.fused = divergence, ce, fused
@@ -172,10 +171,10 @@ class JointLogitTerms:
 
     def applies(self, student: Signals, teacher: Signals | None) -> bool:
         if student.head_hidden is not None:
-            if teacher is None or teacher.logits is None:
-                raise ValueError(f"`fused: true` ({self.divergence_item.key!r}) needs the teacher's full logits (a "
-                                 "live teacher or a full-logit cache); this batch's teacher signals have none (a top-k "
-                                 "cache?). Remove `fused`.")
+            if teacher is None or (teacher.logits is None and teacher.topk_indices is None):
+                raise ValueError(f"`fused: true` ({self.divergence_item.key!r}) needs the teacher's logits or its "
+                                 "top-k support (a live teacher or a teacher cache); this batch has neither. Remove "
+                                 "`fused`.")
             return True
         if teacher is None or student.logits is None or (student.labels is None and self.ce_item is not None):
             return False
@@ -198,8 +197,11 @@ class JointLogitTerms:
                        divergence_weight=div_item.weight, ce_weight=ce_weight, mask=student.mask, reduction="sum",
                        chunk_size=objective.chunk_size or joint_chunk_size(student.mask.device))
         if student.head_hidden is not None:
+            topk = None if teacher.logits is not None else (teacher.topk_logits, teacher.topk_indices,
+                                                             teacher.tail_mass)
             out = chunked_losses.fused_linear_divergence_ce(student.head_hidden, student.head_weight, teacher.logits,
-                                                            labels, student_bias=student.head_bias, **options)
+                                                            labels, student_bias=student.head_bias,
+                                                            teacher_topk=topk, **options)
         elif teacher.logits is not None:
             out = chunked_losses.divergence_ce(student.logits, teacher.logits, labels, **options)
         else:  # a top-k teacher cache
