@@ -463,7 +463,7 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
 
     from hf_distill import losses
     from hf_distill.cache import TeacherCache
-    from hf_distill.chunked_losses import divergence_ce
+    from hf_distill.chunked_losses import divergence_ce, topk_divergence_ce
     from hf_distill.objectives.logits import joint_chunk_size
 
     setting = args.setting
@@ -519,6 +519,9 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
         "joint": lambda s: divergence_ce(s[:, :-1], teacher_logits, labels[:, 1:], "kl", divergence_weight=0.5,
                                          ce_weight=0.5, mask=mask, reduction="sum",
                                          chunk_size=joint_chunk_size(device)).total / items,
+        "topk_joint": lambda s: topk_divergence_ce(s[:, :-1], *support, labels[:, 1:], "kl", divergence_weight=0.5,
+                                                   ce_weight=0.5, mask=mask, reduction="sum",
+                                                   chunk_size=joint_chunk_size(device)).total / items,
     }
     t = {name: median_seconds(backward(fn), clock, reps) for name, fn in pieces.items()}
     shape = "x".join(str(n) for n in student_logits.shape)
@@ -530,10 +533,13 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
             f"hf_distill `kl`, top-{cache.top_k} cache (losses.topk_divergence)": t["topk"],
             "hf_distill `kl` + `ce` in one pass, as the trainer runs them with a live teacher "
             f"(chunked_losses.divergence_ce, {joint_chunk_size(device)} rows per chunk)": t["joint"],
+            f"hf_distill `kl` + `ce` in one pass, as the trainer runs them with a top-{cache.top_k} cache "
+            f"(chunked_losses.topk_divergence_ce, {joint_chunk_size(device)} rows per chunk)": t["topk_joint"],
             "reading one batch from the cache (TeacherCache.signals)": read,
         },
         "online": ("kl + ce in one pass - the model's own loss", t["joint"] - t["model_ce"]),
-        "cached": ("ce + top-k kl + cache read - the model's own loss", t["ce"] + t["topk"] + read - t["model_ce"]),
+        "cached": ("top-k kl + ce in one pass + cache read - the model's own loss",
+                   t["topk_joint"] + read - t["model_ce"]),
     }
 
 

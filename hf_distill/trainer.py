@@ -681,8 +681,14 @@ class DistillationTrainer(Trainer):
                                "A float16 teacher may overflow: use teacher_dtype='bfloat16' or 'float32'; else "
                                "check the teacher's weights.")
                         )
+                    # The objectives as training computes them: a one-pass divergence + ce chunk by chunk, so the
+                    # check's memory peak is no higher than a training step's (the dense objectives' would be).
+                    joint = self._joint is not None and self._joint.applies(student, teacher)
+                    if joint:
+                        self._joint.terms(student, teacher)
                     for item in self.objectives:
-                        if teacher is not None or not item.objective.uses_teacher:
+                        if (teacher is not None or not item.objective.uses_teacher) and \
+                                not (joint and item.key in self._joint.keys):
                             item.objective(student, teacher)
             finally:
                 model.train(was_training)

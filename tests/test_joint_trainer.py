@@ -165,3 +165,26 @@ def test_a_divergence_alone_in_a_language_task_takes_the_one_pass_path(tmp_path,
     trainer = _assert_same(tmp_path, lambda: tiny_gpt2(layers=1, seed=1), lambda: tiny_gpt2(layers=2, seed=2),
                            objectives, 1e-6)
     assert trainer._joint.ce_item is None
+
+
+def test_preflight_checks_the_objectives_on_the_training_path(tmp_path, monkeypatch):
+    # The first-batch check must not build the dense [N, V] intermediates that training avoids (its memory peak
+    # would then be the run's): with kl + ce in a language task it goes through the one-pass loss, not kl_div.
+    from hf_distill import losses
+
+    def dense(*args, **kwargs):
+        raise AssertionError("the dense kl_div ran")
+
+    monkeypatch.setattr(losses, "kl_div", dense)
+    trainer = DistillationTrainer(
+        model=tiny_gpt2(layers=1, seed=1), teacher_model=tiny_gpt2(layers=2, seed=2),
+        args=config(tmp_path, objectives=[{"name": "kl", "weight": 0.5}, {"name": "ce", "weight": 0.5}], max_steps=1),
+        train_dataset=lm_dataset(LENGTHS), data_collator=pad_collate)
+    trainer.train()
+    bad = lm_dataset(LENGTHS).map(lambda row: {"labels": [VOCAB + 5] * len(row["labels"])})
+    trainer = DistillationTrainer(
+        model=tiny_gpt2(layers=1, seed=1), teacher_model=tiny_gpt2(layers=2, seed=2),
+        args=config(tmp_path / "bad", objectives=[{"name": "kl", "weight": 0.5}, {"name": "ce", "weight": 0.5}],
+                    max_steps=1), train_dataset=bad, data_collator=pad_collate)
+    with pytest.raises(ValueError, match="label"):  # and it still fails early on bad labels
+        trainer.train()
