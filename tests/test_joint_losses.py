@@ -79,6 +79,26 @@ def test_divergence_ce_without_teacher_is_the_cross_entropy():
     assert torch.allclose(b.grad, a.grad, atol=1e-6)
 
 
+def test_divergence_ce_without_teacher_or_labels_is_zero():
+    student, _, labels, _ = _batch(1)
+    s = student.clone().requires_grad_(True)
+    out = divergence_ce(s, None, torch.full_like(labels, -100), chunk_size=5)
+    out.total.backward()
+    assert out.total.item() == 0.0 and not s.grad.any()
+
+
+def test_every_counted_row_and_no_mask_give_the_same_result():
+    # An all-true mask takes the slice path (no gathered copies); padding takes the index path: same values.
+    student, teacher, labels, _ = _batch(2)
+    results = []
+    for mask in (None, torch.ones(labels.shape, dtype=torch.bool)):
+        s = student.clone().requires_grad_(True)
+        out = divergence_ce(s, teacher, labels, mask=mask, chunk_size=4)
+        out.total.backward()
+        results.append((out.total, s.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def test_divergence_ce_gradient_scales_with_the_incoming_gradient():
     student, teacher, labels, _ = _batch(2)
     a = student.clone().requires_grad_(True)
@@ -146,6 +166,30 @@ def test_divergence_ce_reads_shifted_logits_without_copying_them_first(use_mask)
     out.total.backward()
     torch.testing.assert_close(out.total, ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_shifted_logits_are_read_as_views_when_every_row_counts():
+    # Chunks end at sequence boundaries, so each is a view of `logits[:, :-1]`: no gathered copy of [c, V] rows.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[-1] == 13:  # [c, V] rows
+                self.names.append(str(func))
+            return out
+
+    student, teacher, labels, _ = _batch(6, length=8)
+    labels[labels == -100] = 1
+    ops = Ops()
+    with ops:
+        divergence_ce(student[:, :-1], teacher[:, :-1], labels[:, 1:], chunk_size=4,
+                      mask=torch.ones(3, 7, dtype=torch.bool))
+    assert ops.names and not [name for name in ops.names if name.startswith("aten.index")]
 
 
 # ---- a top-k teacher support (a teacher-signal cache) ----------------------------------------------------------------
