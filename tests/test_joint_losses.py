@@ -19,14 +19,18 @@ def _separate(student, teacher, labels, divergence, beta, temperature, wd, wc, m
     else:
         fn = {"kl": losses.kl_div, "reverse_kl": losses.reverse_kl}[divergence]
         div = fn(student, teacher, temperature=temperature, mask=mask, reduction=reduction)
+    ce = _reference_ce(student, labels, mask, reduction)
+    return wd * div + wc * ce, div, ce
+
+
+def _reference_ce(student, labels, mask, reduction):
+    """F.cross_entropy over the labelled positions inside the mask, summed or averaged over them."""
     keep = labels != -100
     if mask is not None:
         keep = keep & mask
     targets = labels.masked_fill(~keep, -100).reshape(-1)
     ce = F.cross_entropy(student.reshape(-1, student.shape[-1]).float(), targets, ignore_index=-100, reduction="sum")
-    if reduction == "mean":
-        ce = ce / keep.sum().clamp_min(1)
-    return wd * div + wc * ce, div, ce
+    return ce / keep.sum().clamp_min(1) if reduction == "mean" else ce
 
 
 def _batch(seed=0, b=3, length=7, vocab=13):
@@ -198,13 +202,7 @@ def test_shifted_logits_are_read_as_views_when_every_row_counts():
 def _topk_reference(student, support, labels, divergence, beta, temperature, wd, wc, mask, reduction):
     div = losses.topk_divergence(student, *support, divergence, beta=beta, temperature=temperature, mask=mask,
                                  reduction=reduction)
-    keep = labels != -100
-    if mask is not None:
-        keep = keep & mask
-    targets = labels.masked_fill(~keep, -100).reshape(-1)
-    ce = F.cross_entropy(student.reshape(-1, student.shape[-1]).float(), targets, ignore_index=-100, reduction="sum")
-    if reduction == "mean":
-        ce = ce / keep.sum().clamp_min(1)
+    ce = _reference_ce(student, labels, mask, reduction)
     return wd * div + wc * ce, div, ce
 
 
