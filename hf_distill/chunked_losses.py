@@ -47,6 +47,7 @@ from .losses import (
     Reduction,
     _check_reduction,
     _check_temperature,
+    _check_topk_support,
     _kl_rows,
     _reduce,
     _tempered,
@@ -708,23 +709,6 @@ def divergence_ce(
     return JointLoss(total, div, ce)
 
 
-def _checked_support(support: tuple[torch.Tensor, torch.Tensor, torch.Tensor], lead: torch.Size, vocab: int,
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A top-k teacher support ``(logits [..., k], indices [..., k], tail mass [...])`` checked against the
-    student's leading shape and vocabulary, detached."""
-    values, indices, tail = support
-    if values.shape != indices.shape or values.shape[:-1] != lead or tail.shape != lead:
-        raise ValueError(
-            f"The teacher's support must be top-k logits and indices {(*lead, 'k')} and a tail mass {tuple(lead)} "
-            f"(the student's leading shape), got {tuple(values.shape)}, {tuple(indices.shape)} and "
-            f"{tuple(tail.shape)}."
-        )
-    if indices.shape[-1] > vocab:
-        raise ValueError(f"The teacher's support has k={indices.shape[-1]} entries but the student's vocabulary only "
-                         f"{vocab}.")
-    return values.detach(), indices.detach(), tail.detach()
-
-
 def topk_divergence_ce(
     student_logits: torch.Tensor,
     teacher_topk_logits: torch.Tensor,
@@ -769,7 +753,8 @@ def topk_divergence_ce(
     if student_logits.dim() == 0:
         raise ValueError("`student_logits` must be [..., V], got a scalar.")
     lead, vocab = student_logits.shape[:-1], student_logits.shape[-1]
-    support = _checked_support((teacher_topk_logits, teacher_topk_indices, teacher_tail_mass), lead, vocab)
+    _check_topk_support(student_logits.shape, teacher_topk_logits, teacher_topk_indices, teacher_tail_mass)
+    support = (teacher_topk_logits.detach(), teacher_topk_indices.detach(), teacher_tail_mass.detach())
     targets = _joint_targets(labels, lead, vocab)
     rows = _counted_rows(lead, mask, student_logits.device)
     total, div, ce = _DivergenceCE.apply(
@@ -879,7 +864,8 @@ def fused_linear_divergence_ce(
     if teacher_topk is not None:
         if teacher_logits is not None:
             raise ValueError("Give the teacher as `teacher_logits` or as `teacher_topk`, not both.")
-        teacher = _checked_support(teacher_topk, student_hidden.shape[:-1], vocab)
+        _check_topk_support((*student_hidden.shape[:-1], vocab), *teacher_topk)
+        teacher = tuple(t.detach() for t in teacher_topk)
     else:
         teacher = None if teacher_logits is None else teacher_logits.detach()
     targets = _joint_targets(labels, student_hidden.shape[:-1], vocab)

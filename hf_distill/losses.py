@@ -352,6 +352,25 @@ def _topk_teacher_log_probs(topk_logits: torch.Tensor, tail_mass: torch.Tensor, 
     return F.log_softmax(torch.cat([teacher, teacher_tail.unsqueeze(-1)], dim=-1), dim=-1)
 
 
+def _check_topk_support(student_shape: torch.Size, topk_logits: torch.Tensor, topk_indices: torch.Tensor,
+                        tail_mass: torch.Tensor) -> None:
+    """Check a top-k teacher support against the student's logit shape ``[..., V]`` (or the shape its logits would
+    have): top-k logits and indices ``[..., k]``, tail mass ``[...]``, k <= V."""
+    lead = student_shape[:-1]
+    if topk_logits.shape != topk_indices.shape or topk_logits.shape[:-1] != lead:
+        raise ValueError(
+            f"`teacher_topk_logits` and `teacher_topk_indices` (the top-k logits and indices) must both be "
+            f"{(*lead, 'k')} for student logits {tuple(student_shape)}, got {tuple(topk_logits.shape)} and "
+            f"{tuple(topk_indices.shape)}."
+        )
+    if tail_mass.shape != lead:
+        raise ValueError(f"`teacher_tail_mass` (the tail mass) must have shape {tuple(lead)}, got "
+                         f"{tuple(tail_mass.shape)}.")
+    if topk_indices.shape[-1] > student_shape[-1]:
+        raise ValueError(f"The teacher's support has k={topk_indices.shape[-1]} entries but the student's vocabulary "
+                         f"only {student_shape[-1]}.")
+
+
 def topk_divergence(
     student_logits: torch.Tensor,
     teacher_topk_logits: torch.Tensor,
@@ -407,18 +426,9 @@ def topk_divergence(
     _check_beta(beta)
     if divergence not in DIVERGENCES:
         raise ValueError(f"`divergence` must be one of {', '.join(DIVERGENCES)}, got {divergence!r}.")
+    _check_topk_support(student_logits.shape, teacher_topk_logits, teacher_topk_indices, teacher_tail_mass)
     lead = student_logits.shape[:-1]
-    if teacher_topk_logits.shape != teacher_topk_indices.shape or teacher_topk_logits.shape[:-1] != lead:
-        raise ValueError(
-            f"`teacher_topk_logits` and `teacher_topk_indices` must both be {(*lead, 'k')} for student logits "
-            f"{tuple(student_logits.shape)}, got {tuple(teacher_topk_logits.shape)} and "
-            f"{tuple(teacher_topk_indices.shape)}."
-        )
-    if teacher_tail_mass.shape != lead:
-        raise ValueError(f"`teacher_tail_mass` must have shape {tuple(lead)}, got {tuple(teacher_tail_mass.shape)}.")
     k, vocab = teacher_topk_indices.shape[-1], student_logits.shape[-1]
-    if k > vocab:
-        raise ValueError(f"The teacher's support has k={k} entries but the student's vocabulary only {vocab}.")
     student = student_logits.reshape(-1, vocab)
     values, indices, tail = teacher_topk_logits.reshape(-1, k), teacher_topk_indices.reshape(-1, k), teacher_tail_mass
     tail = tail.reshape(-1)
