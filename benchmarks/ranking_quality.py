@@ -27,6 +27,7 @@ them. The teacher's own MRR@10 / nDCG@10 is measured on the same test candidates
 Variants:
   margin_mse      Margin-MSE on the teacher's precomputed scores (as sentence-transformers does; --live runs
                   the teacher instead).
+  margin_mse_in_batch   Margin-MSE against all B*C - 1 other passages of the batch (teacher live).
   margin_mse+ce   Margin-MSE plus 0.01 x the contrastive CE on the labels.
   ranking_ce+margin_mse   the label-only loss below plus 10 x Margin-MSE.
   ranking_ce+listwise_kl  the label-only loss plus listwise KL over all in-batch candidates (teacher live).
@@ -55,6 +56,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 VARIANTS = {
     "margin_mse": [{"name": "margin_mse", "weight": 1.0}],
+    # ... against every passage of the batch too (teacher live): B*C - 1 margins per query instead of C - 1
+    "margin_mse_in_batch": [{"name": "margin_mse", "weight": 1.0, "in_batch_negatives": True}],
     "margin_mse+ce": [{"name": "margin_mse", "weight": 1.0}, {"name": "ranking_ce", "weight": 0.01}],
     "ranking_ce": [{"name": "ranking_ce", "weight": 1.0, "in_batch_negatives": True}],
     # the label-only loss with the teacher's margins added, weighted so both gradients are of similar size
@@ -117,7 +120,7 @@ def finetune_teacher(model, train, tokenizer, args: argparse.Namespace):  # noqa
             per_device_train_batch_size=args.batch_size, learning_rate=args.teacher_learning_rate,
             warmup_steps=max(1, args.teacher_steps // 10), report_to="none", save_strategy="no", use_cpu=True,
             disable_tqdm=True, logging_steps=max(1, args.teacher_steps // 5), ranking_num_negatives=args.negatives,
-            ranking_max_length=args.teacher_max_length,
+            ranking_max_length=args.teacher_max_length, ranking_pair_max_length=args.teacher_max_length,
         )
         trainer = DistillationTrainer(model=model, teacher_model=None, args=config, train_dataset=train,
                                       processing_class=tokenizer)
@@ -139,7 +142,8 @@ def evaluate(model, test, tokenizer, max_length: int) -> dict[str, float]:  # no
     with tempfile.TemporaryDirectory() as out:
         config = DistillationConfig(output_dir=out, task="ranking", objectives=[{"name": "ranking_ce"}],
                                     per_device_eval_batch_size=32, report_to="none", use_cpu=True,
-                                    ranking_max_length=max_length, disable_tqdm=True)
+                                    ranking_max_length=max_length, ranking_pair_max_length=max_length,
+                                    disable_tqdm=True)
         trainer = DistillationTrainer(model=model, teacher_model=None, args=config, eval_dataset=test,
                                       processing_class=tokenizer)
         metrics = trainer.evaluate()

@@ -176,9 +176,13 @@ class DistillationConfig(TrainingArguments):
         default=64, metadata={"help": "Ranking task: tokens per query for bi-encoders (the default collator)."}
     )
     ranking_max_length: int = field(
-        default=256,
+        default=256, metadata={"help": "Ranking task: tokens per passage for bi-encoders (the default collator)."}
+    )
+    ranking_pair_max_length: int | None = field(
+        default=None,
         metadata={
-            "help": "Ranking task: tokens per passage (bi-encoders) and per query+passage pair (cross-encoders)."
+            "help": "Ranking task: tokens per query+passage pair for cross-encoders; unset = ranking_query_max_length "
+            "+ ranking_max_length, so a cross-encoder reads as much of each text as a bi-encoder does."
         },
     )
     ranking_num_negatives: int | None = field(
@@ -243,9 +247,10 @@ class DistillationConfig(TrainingArguments):
                 f"`ranking_similarity` must be one of {', '.join(similarity_choices)}, got "
                 f"{self.ranking_similarity!r}.{did_you_mean(self.ranking_similarity, similarity_choices)}"
             )
-        for name in ("ranking_query_max_length", "ranking_max_length", "ranking_num_negatives"):
+        for name in ("ranking_query_max_length", "ranking_max_length", "ranking_pair_max_length",
+                     "ranking_num_negatives"):
             value = getattr(self, name)
-            if value is None and name == "ranking_num_negatives":
+            if value is None and name in ("ranking_pair_max_length", "ranking_num_negatives"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")

@@ -809,7 +809,8 @@ class DistillationTrainer(Trainer):
         """Run the standard loop, then report the distillation terms and task metrics over the whole set.
 
         ``<prefix>_loss`` is set to the item-weighted mean of the distillation loss (the sum of the
-        ``<prefix>_loss/<name>`` terms), consistent with the training loss.
+        ``<prefix>_loss/<name>`` terms), consistent with the training loss; it is left out when no objective could
+        be evaluated (teacher objectives on eval data without teacher signals, and no label objective).
         """
         self._eval_sums = self._empty_eval_sums()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
@@ -829,7 +830,10 @@ class DistillationTrainer(Trainer):
         metrics = self.task.finalize_eval({k: v for k, v in means.items() if k not in loss_terms})
         for key, value in loss_terms.items():
             output.metrics[f"{prefix}_{key}"] = value
-        output.metrics[f"{prefix}_loss"] = sum(loss_terms.values())
+        if loss_terms:
+            output.metrics[f"{prefix}_loss"] = sum(loss_terms.values())
+        else:  # no objective could be evaluated (e.g. margin_mse on data without teacher scores): no loss, not 0
+            output.metrics.pop(f"{prefix}_loss", None)
         for key, value in metrics.items():
             output.metrics[f"{prefix}_{key}"] = value
         self._eval_sums = self._empty_eval_sums()

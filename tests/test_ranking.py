@@ -210,12 +210,28 @@ def test_dot_similarity_is_used_when_asked(tokenizer, minilm, rows, tmp_path):
     assert scores.shape == (2, 2) and pooled.shape == (2, 384)
 
 
+def test_pairs_get_their_own_length_budget(tokenizer, tmp_path, minilm):
+    row = {"query": "open a file for reading " * 8, "positive": "Open file and return a stream. " * 20,
+           "negatives": ["Close the file. " * 20]}
+    default = RankingCollator(tokenizer, query_max_length=16, max_length=32)([row])
+    assert default["query_input_ids"].shape[1] == 16 and default["doc_input_ids"].shape[1] == 32
+    assert default["pair_input_ids"].shape[1] == 16 + 32  # a pair reads as much as query + passage apart
+    assert RankingCollator(tokenizer, max_length=32, pair_max_length=20)([row])["pair_input_ids"].shape[1] == 20
+    task = resolve_task("ranking", model=minilm)
+    args = config(tmp_path, task="ranking", ranking_query_max_length=16, ranking_max_length=32)
+    assert task.default_collator(tokenizer, args, minilm, cross_encoder()).pair_max_length == 48
+    args = config(tmp_path, task="ranking", ranking_max_length=500)  # 64 + 500: cut to the cross-encoder's 64 positions
+    assert task.default_collator(tokenizer, args, minilm, cross_encoder()).pair_max_length == 64
+    with pytest.raises(ValueError, match="ranking_pair_max_length"):
+        config(tmp_path, task="ranking", ranking_pair_max_length=0)
+
+
 def test_cross_encoder_scores_are_its_logits(tokenizer, rows, tmp_path):
     model = cross_encoder().eval()
     task = resolve_task("ranking", model=model)
     task.prepare(model, model, config(tmp_path, task="ranking"))
     assert task.kind_of(model) == "cross-encoder"
-    batch = RankingCollator(tokenizer, num_negatives=2, max_length=64, bi_encoder=False)(list(rows)[:2])
+    batch = RankingCollator(tokenizer, num_negatives=2, pair_max_length=64, bi_encoder=False)(list(rows)[:2])
     with torch.no_grad():
         scores = task.run(model, batch, frozenset({"scores"})).scores
         logits = model(input_ids=batch["pair_input_ids"], attention_mask=batch["pair_attention_mask"],
@@ -272,6 +288,26 @@ def test_ranking_ce_targets_the_positive_also_among_in_batch_negatives():
     torch.testing.assert_close(own, -torch.log_softmax(20 * scores[:, :2], -1)[:, 0].sum())
 
 
+def test_margin_mse_in_batch_takes_margins_against_every_other_passage():
+    # B = 2 queries, C = 2 candidates each: query 0's positive is column 0, query 1's column 2
+    s = torch.tensor([[0.9, 0.1, 0.3, 0.2], [0.2, 0.0, 0.8, 0.4]])
+    t = torch.tensor([[0.7, 0.5, 0.1, 0.0], [0.3, 0.2, 0.9, 0.1]])
+
+    def signals(scores):
+        return Signals(scores=scores[:, :2], batch_scores=scores, labels=torch.zeros(2, dtype=torch.long),
+                       mask=torch.ones(2, dtype=torch.bool))
+
+    value = OBJECTIVES.get("margin_mse")(in_batch_negatives=True)(signals(s), signals(t))
+    expected = 0.0
+    for row, positive in ((0, 0), (1, 2)):  # mean over the 3 other columns of each row, summed over the rows
+        others = [c for c in range(4) if c != positive]
+        expected += sum(((s[row, positive] - s[row, c]) - (t[row, positive] - t[row, c])).item() ** 2
+                        for c in others) / 3
+    assert value.item() == pytest.approx(expected)
+    own = OBJECTIVES.get("margin_mse")()(signals(s), signals(t))  # without: only each row's own candidates
+    torch.testing.assert_close(own, losses.margin_mse(s[:, 0], s[:, 1:2], t[:, 0], t[:, 1:2], reduction="sum"))
+
+
 def test_in_batch_negatives_need_bi_encoders(tmp_path, minilm):
     task = RankingTask()
     with pytest.raises(ValueError, match="cross-encoder"):
@@ -279,6 +315,10 @@ def test_in_batch_negatives_need_bi_encoders(tmp_path, minilm):
     with pytest.raises(ValueError, match="live bi-encoder teacher"):
         OBJECTIVES.get("listwise_kl")(in_batch_negatives=True).setup(task, minilm, None)
     OBJECTIVES.get("ranking_ce")(in_batch_negatives=True).setup(task, minilm, cross_encoder())  # student only
+    with pytest.raises(ValueError, match="live bi-encoder teacher"):
+        OBJECTIVES.get("margin_mse")(in_batch_negatives=True).setup(task, minilm, None)
+    with pytest.raises(ValueError, match="cross-encoder"):
+        OBJECTIVES.get("margin_mse")(in_batch_negatives=True).setup(task, cross_encoder(), minilm)
     with pytest.raises(ValueError, match="task='ranking'"):
         OBJECTIVES.get("margin_mse")().setup(object(), minilm, minilm)
 
@@ -419,6 +459,24 @@ def test_evaluation_reports_ranking_metrics_of_student_and_teacher(tmp_path, tok
         query, docs = encoder.encode([row["query"]]), encoder.encode([row["positive"], *row["negatives"]])
         ranked.extend(rank_candidates(torch.nn.functional.cosine_similarity(query, docs).unsqueeze(0)))
     assert metrics["eval_mrr@10"] == pytest.approx(mean_reciprocal_rank(ranked, [[0]] * len(ranked)), abs=1e-6)
+
+
+def test_eval_data_without_teacher_scores_reports_no_loss_rather_than_zero(tmp_path, tokenizer, minilm, rows):
+    """Precomputed scores cover the training rows only: margin_mse cannot be evaluated on the test rows, so there is
+    no `eval_loss` (it used to read 0, a perfect fit); the student's ranking metrics are still reported."""
+    args = config(tmp_path, task="ranking", teacher_scores_column="teacher_scores", objectives=[{"name": "margin_mse"}],
+                  per_device_eval_batch_size=4)
+    trainer = DistillationTrainer(model=_student(minilm), teacher_model=None, args=args, train_dataset=rows,
+                                  eval_dataset=ranking_dataset("test").select(range(4)), processing_class=tokenizer)
+    metrics = trainer.evaluate()
+    assert "eval_loss" not in metrics and not any(key.startswith("eval_loss/") for key in metrics)
+    assert 0 < metrics["eval_mrr@10"] <= 1
+    mixed = config(tmp_path, task="ranking", teacher_scores_column="teacher_scores", per_device_eval_batch_size=4,
+                   objectives=[{"name": "margin_mse"}, {"name": "ranking_ce", "weight": 0.5}])
+    metrics = DistillationTrainer(model=_student(minilm), teacher_model=None, args=mixed, train_dataset=rows,
+                                  eval_dataset=ranking_dataset("test").select(range(4)),
+                                  processing_class=tokenizer).evaluate()
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_loss/ranking_ce"]) and metrics["eval_loss"] > 0
 
 
 def test_teacher_scores_column_errors(tmp_path, tokenizer, minilm, rows):

@@ -74,22 +74,37 @@ class MarginMSEObjective(_RankingObjective):
     * ``standardize``: z-score them over the micro-batch (all candidates of all its queries), so the student
       learns margins in units of the teacher's score spread. The statistics are per micro-batch, so the update
       depends slightly on how a batch is split for gradient accumulation. ``teacher_scale`` applies afterwards.
+
+    ``in_batch_negatives``: the margins are taken against every other passage of the batch too (each query's
+    positive minus all ``B·C − 1`` other candidates, its own hard negatives and every other query's candidates),
+    as TAS-Balanced's in-batch teacher signal does (Hofstätter et al. 2021); both models must be bi-encoders and
+    the teacher live. Easy negatives then carry the teacher's margins as well as the hard ones.
     """
 
     name = "margin_mse"
 
-    def __init__(self, teacher_scale: float = 1.0, standardize: bool = False) -> None:
-        super().__init__(in_batch_negatives=False)
+    def __init__(self, teacher_scale: float = 1.0, standardize: bool = False, in_batch_negatives: bool = False) -> None:
+        super().__init__(in_batch_negatives=in_batch_negatives)
         self.teacher_scale = _positive_number(teacher_scale, "teacher_scale")
         self.standardize = _flag(standardize, "standardize")
 
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
         keep = student.mask
-        s, t = student.scores[keep].float(), teacher.scores[keep].float()
+        s, t = self._scores(student).float(), self._scores(teacher).float()
+        positive = student.labels if student.labels is not None else s.new_zeros(s.shape[0], dtype=torch.long)
+        if self.in_batch_negatives:  # query i's positive is column i·C of the [B, B·C] matrix
+            positive = torch.arange(s.shape[0], device=s.device) * (s.shape[1] // s.shape[0]) + positive
+        s, t, positive = s[keep], t[keep], positive[keep]
         if self.standardize and t.numel() > 1:
             t = (t - t.mean()) / t.std().clamp(min=1e-6)
         t = t * self.teacher_scale
-        return losses.margin_mse(s[:, 0], s[:, 1:], t[:, 0], t[:, 1:], reduction="sum")
+        is_negative = torch.ones_like(s, dtype=torch.bool).scatter_(1, positive.unsqueeze(1), False)
+        rows, negatives = s.shape[0], s.shape[1] - 1
+
+        def split(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return scores.gather(1, positive.unsqueeze(1)).squeeze(1), scores[is_negative].view(rows, negatives)
+
+        return losses.margin_mse(*split(s), *split(t), reduction="sum")
 
 
 @OBJECTIVES.register

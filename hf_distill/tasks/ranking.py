@@ -55,7 +55,9 @@ class RankingCollator:
     Args:
         tokenizer: the student's (and teacher's) tokenizer.
         query_max_length: tokens per query (bi-encoder).
-        max_length: tokens per passage (bi-encoder) and per query+passage pair (cross-encoder).
+        max_length: tokens per passage (bi-encoder).
+        pair_max_length: tokens per query+passage pair (cross-encoder); ``None`` = ``query_max_length +
+            max_length``, as much of each text as a bi-encoder reads (the longer of the two is cut first).
         num_negatives: use the first ``n`` negatives of each row (rows with fewer are an error); ``None`` uses
             them all, and then every row of a batch must have the same number.
         teacher_scores_column: a column of precomputed teacher scores, one per candidate (positive first), passed
@@ -66,6 +68,7 @@ class RankingCollator:
     tokenizer: Any
     query_max_length: int = 64
     max_length: int = 256
+    pair_max_length: int | None = None
     num_negatives: int | None = None
     teacher_scores_column: str | None = None
     bi_encoder: bool = True
@@ -113,7 +116,8 @@ class RankingCollator:
             batch.update(self._encode("doc", flat, max_length=self.max_length))
         if self.cross_encoder:
             repeated = [query for query, texts in zip(queries, candidates, strict=True) for _ in texts]
-            batch.update(self._encode("pair", repeated, flat, max_length=self.max_length))
+            pair_max_length = self.pair_max_length or self.query_max_length + self.max_length
+            batch.update(self._encode("pair", repeated, flat, max_length=pair_max_length))
         # Evaluation data may lack the column: then the teacher's metrics are simply not reported.
         if self.teacher_scores_column is not None and self.teacher_scores_column in rows[0]:
             scores = [row.get(self.teacher_scores_column) for row in rows]
@@ -236,6 +240,8 @@ class RankingTask(EmbeddingTask):
             tokenizer,
             query_max_length=min(args.ranking_query_max_length, limit),
             max_length=min(args.ranking_max_length, limit),
+            pair_max_length=min(args.ranking_pair_max_length or args.ranking_query_max_length + args.ranking_max_length,
+                                limit),
             num_negatives=args.ranking_num_negatives if training else None,
             teacher_scores_column=args.teacher_scores_column,
             bi_encoder=BI_ENCODER in kinds,
