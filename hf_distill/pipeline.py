@@ -383,19 +383,51 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
             echo(f"Training {'the teacher' if not recipe.ensemble else recipe.teacher_key(k)} ({name}) on the "
                  "training data first")
             folder = teacher_dir(recipe, k)
-            args = TrainingArguments(**{"output_dir": str(folder), "report_to": "none",
-                                        "save_strategy": "no", "seed": config.seed, **spec["finetune"]})
-            # Under torchrun every process takes part (DDP, data split between them), so all of them end with the
-            # same teacher weights; one process writes them.
-            Trainer(model=teacher, args=args, train_dataset=data["train"], data_collator=collator).train()
-            if args.should_save:
-                teacher.save_pretrained(folder)
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(folder)
+            if task_name == "ranking":
+                _finetune_ranker(teacher, data["train"], tokenizer, config, folder, spec["finetune"])
+            else:
+                args = TrainingArguments(**{"output_dir": str(folder), "report_to": "none",
+                                            "save_strategy": "no", "seed": config.seed, **spec["finetune"]})
+                # Under torchrun every process takes part (DDP, data split between them), so all of them end with
+                # the same teacher weights; one process writes them.
+                Trainer(model=teacher, args=args, train_dataset=data["train"], data_collator=collator).train()
+                if args.should_save:
+                    teacher.save_pretrained(folder)
+                    if tokenizer is not None:
+                        tokenizer.save_pretrained(folder)
         if recipe.ensemble:  # each listed teacher in its own dtype (the config's `teacher_dtype` is their common one)
             teacher = _cast_teacher(teacher, spec, adapter, config.device)
         teachers.append(teacher)
     return _Run(task_name, config, tokenizer, adapter, data, raw, collator, model_kwargs, teachers[0], teachers)
+
+
+# What a ranking teacher's fine-tuning takes from the run's config: how rows are cut and how models pool and score.
+_RANKING_FIELDS = ("ranking_similarity", "ranking_query_max_length", "ranking_max_length", "ranking_pair_max_length",
+                   "ranking_num_negatives", "embedding_pooling", "embedding_normalize", "use_cpu")
+
+
+def _finetune_ranker(teacher: Any, train: Any, tokenizer: Any, config: Any, folder: Path,
+                     finetune: dict[str, Any]) -> None:
+    """Train a ranking teacher on the labels before it teaches: the contrastive CE of `ranking_ce`, for a bi-encoder
+    over its own candidates and every other passage of the batch (cosine × 20, sentence-transformers'
+    MultipleNegativesRankingLoss), for a cross-encoder over each query's own candidates on its raw logits (scale 1).
+    Rows are cut and scored as in the distillation run; ``finetune`` holds the TrainingArguments (steps, lr, ...).
+    The trained teacher is written to ``folder`` (a bi-encoder also as a sentence-transformers folder)."""
+    from .config import DistillationConfig
+    from .tasks.ranking import BI_ENCODER, RankingTask
+    from .trainer import DistillationTrainer
+
+    bi_encoder = RankingTask().kind_of(teacher) == BI_ENCODER
+    objective = ({"name": "ranking_ce", "in_batch_negatives": True} if bi_encoder
+                 else {"name": "ranking_ce", "scale": 1.0})
+    args = DistillationConfig(**{"output_dir": str(folder), "report_to": "none", "save_strategy": "no",
+                                 "seed": config.seed, "task": "ranking", "objectives": [objective],
+                                 **{name: getattr(config, name) for name in _RANKING_FIELDS}, **finetune})
+    trainer = DistillationTrainer(model=teacher, teacher_model=None, args=args, train_dataset=train,
+                                  processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(folder))  # one process writes; with the tokenizer and, for a bi-encoder, its pooling
+    teacher.eval()
 
 
 def _load_other_teacher(recipe: Recipe, k: int, task_name: str, tokenizer: Any, primary_kwargs: dict[str, Any]

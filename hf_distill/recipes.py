@@ -88,9 +88,10 @@ RECIPE_SCHEMA: dict[str, Key] = {
                           "arguments with `model_type`), trained by `finetune` first; text tasks need `tokenizer`."),
             "dtype": Key((str,), "dtype of the teacher's weights.", choices=DTYPE_CHOICES),
             "finetune": Key((dict,), "Fine-tune the teacher with cross-entropy on the training data before "
-                            "distilling (for a teacher whose task head is new; classification and language); any "
+                            "distilling (for a teacher whose task head is new; classification and language; ranking: "
+                            "the contrastive CE of ranking_ce on the labels, a bi-encoder with in-batch negatives); any "
                             "TrainingArguments fields, e.g. {num_train_epochs: 1, learning_rate: "
-                            "2.0e-4}. Saved to <output_dir>/teacher (classification, language, vision)."),
+                            "2.0e-4}. Saved to <output_dir>/teacher (classification, language, vision, ranking)."),
             "init_kwargs": Key((dict,), "Extra `from_pretrained` keyword arguments for the teacher."),
             "ema_of_student": _mapping(
                 "Instead of `model`/`config`: the teacher is a moving average of the student (self-distillation, "
@@ -618,9 +619,6 @@ def _check_teacher(teacher: dict[str, Any], where: str, raw: dict[str, Any], pri
     if teacher.get("finetune") and raw.get("task") == "embedding":
         problems.append(f"`{where}.finetune`: an embedding teacher has no loss to fine-tune with cross-entropy; "
                         "remove finetune (or use a task with labels: classification or language).")
-    if teacher.get("finetune") and raw.get("task") == "ranking":
-        problems.append(f"`{where}.finetune`: a recipe cannot fine-tune a ranking teacher yet; remove finetune "
-                        "(train it first, e.g. with DistillationTrainer, objectives [ranking_ce], no teacher).")
     if "config" in teacher:
         if isinstance(teacher["config"], dict) and "model_type" not in teacher["config"]:
             problems.append(f"`{where}.config` needs `model_type` (e.g. gpt2, bert, llama).")

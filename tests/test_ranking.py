@@ -526,6 +526,28 @@ def test_ranking_recipes_validate_and_refuse_what_they_cannot_do():
         raw = yaml.safe_load(shipped_recipes()[name].read_text())
         assert validate_recipe(raw).raw["task"] == "ranking"
     raw = yaml.safe_load(shipped_recipes()["ranking-margin-mse"].read_text())
-    raw["teacher"]["finetune"] = {"max_steps": 2}
-    with pytest.raises(RecipeError, match="cannot fine-tune a ranking teacher"):
+    raw["teacher"]["finetune"] = {"max_stepz": 2}
+    with pytest.raises(RecipeError, match="max_stepz"):
         validate_recipe(raw)
+
+
+def test_a_recipe_fine_tunes_a_ranking_teacher_on_the_labels_first(tmp_path, minilm):
+    """`teacher.finetune` trains the bi-encoder teacher with the in-batch contrastive CE before it teaches; the
+    trained teacher is the one the run uses and is saved (as a sentence-transformers folder) under output/teacher."""
+    from hf_distill import pipeline
+    from hf_distill.recipes import find_recipe, load_recipe
+
+    out = tmp_path / "out"
+    recipe = load_recipe(find_recipe("ranking-margin-mse"), [
+        f"training.output_dir={out}", "training.report_to=[]", "data.max_train_samples=8",
+        "training.ranking_num_negatives=2", "training.ranking_max_length=32",
+        "teacher.finetune={max_steps: 2, per_device_train_batch_size: 4, learning_rate: 1.0e-3}"])
+    run = pipeline._load_run(recipe, lambda *a, **k: None)
+    changed = [name for name, value in run.teacher.state_dict().items()
+               if not torch.equal(value, minilm.state_dict()[name])]
+    assert changed and all(name.startswith(("embeddings", "encoder", "pooler")) for name in changed)
+    saved = AutoModel.from_pretrained(out / "teacher")
+    for name, value in saved.state_dict().items():
+        torch.testing.assert_close(value, run.teacher.state_dict()[name], msg=name)
+    assert (out / "teacher" / "modules.json").is_file() and (out / "teacher" / "tokenizer_config.json").is_file()
+    assert not run.teacher.training
