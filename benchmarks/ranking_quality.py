@@ -105,28 +105,27 @@ def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenize
 
 
 def finetune_teacher(model, train, tokenizer, args: argparse.Namespace):  # noqa: ANN001, ANN201
-    """Fine-tune ``model`` (``--teacher-kind``) in place on the training labels, then return ``train`` with its
-    scores as ``teacher_scores`` (positive first, the first ``--negatives`` negatives)."""
+    """Fine-tune ``model`` (``--teacher-kind``) in place on the training labels as a recipe's ``teacher.finetune``
+    does (`hf_distill.pipeline.finetune_ranking_teacher`), then return ``train`` with its scores as
+    ``teacher_scores`` (positive first, the first ``--negatives`` negatives)."""
     import torch
 
     from hf_distill import DistillationConfig, DistillationTrainer
+    from hf_distill.pipeline import finetune_ranking_teacher
 
-    # A bi-encoder's cosines need the scale 20 (and it can use in-batch negatives); a cross-encoder's logits none.
-    objective = ({"name": "ranking_ce", "in_batch_negatives": True} if args.teacher_kind == "bi-encoder"
-                 else {"name": "ranking_ce", "scale": 1.0})
     with tempfile.TemporaryDirectory() as out:
         config = DistillationConfig(
-            output_dir=out, task="ranking", objectives=[objective], seed=0, max_steps=args.teacher_steps,
-            per_device_train_batch_size=args.batch_size, learning_rate=args.teacher_learning_rate,
-            warmup_steps=max(1, args.teacher_steps // 10), report_to="none", save_strategy="no", use_cpu=True,
-            disable_tqdm=True, logging_steps=max(1, args.teacher_steps // 5), ranking_num_negatives=args.negatives,
+            output_dir=out, task="ranking", objectives=[{"name": "ranking_ce"}], seed=0, use_cpu=True,
+            ranking_num_negatives=args.negatives,
             ranking_max_length=args.teacher_max_length, ranking_pair_max_length=args.teacher_max_length,
         )
-        trainer = DistillationTrainer(model=model, teacher_model=None, args=config, train_dataset=train,
-                                      processing_class=tokenizer)
-        trainer.train()
-        collate, task = trainer.data_collator, trainer.task
-    model.eval()
+        finetune_ranking_teacher(model, train, tokenizer, config, out, {
+            "max_steps": args.teacher_steps, "per_device_train_batch_size": args.batch_size,
+            "learning_rate": args.teacher_learning_rate, "warmup_steps": max(1, args.teacher_steps // 10),
+            "disable_tqdm": True, "logging_steps": max(1, args.teacher_steps // 5)})
+        # the training rows' scores, cut and collated as in the fine-tuning
+        scorer = DistillationTrainer(model=model, teacher_model=None, args=config, processing_class=tokenizer)
+        collate, task = scorer.data_collator, scorer.task
     scores: list[list[float]] = []
     with torch.no_grad():
         for start in range(0, len(train), 64):

@@ -384,7 +384,7 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
                  "training data first")
             folder = teacher_dir(recipe, k)
             if task_name == "ranking":
-                _finetune_ranker(teacher, data["train"], tokenizer, config, folder, spec["finetune"])
+                finetune_ranking_teacher(teacher, data["train"], tokenizer, config, folder, spec["finetune"])
             else:
                 args = TrainingArguments(**{"output_dir": str(folder), "report_to": "none",
                                             "save_strategy": "no", "seed": config.seed, **spec["finetune"]})
@@ -406,8 +406,8 @@ _RANKING_FIELDS = ("ranking_similarity", "ranking_query_max_length", "ranking_ma
                    "ranking_num_negatives", "embedding_pooling", "embedding_normalize", "use_cpu")
 
 
-def _finetune_ranker(teacher: Any, train: Any, tokenizer: Any, config: Any, folder: Path,
-                     finetune: dict[str, Any]) -> None:
+def finetune_ranking_teacher(teacher: Any, train: Any, tokenizer: Any, config: Any, folder: str | Path,
+                             finetune: dict[str, Any]) -> None:
     """Train a ranking teacher on the labels before it teaches: the contrastive CE of `ranking_ce`, for a bi-encoder
     over its own candidates and every other passage of the batch (cosine × 20, sentence-transformers'
     MultipleNegativesRankingLoss), for a cross-encoder over each query's own candidates on its raw logits (scale 1).
