@@ -103,7 +103,8 @@ def test_ranking_recipe_with_precomputed_teacher_scores(tmp_path):
     teacher's size and latency, and `hf-distill evaluate` runs the teacher live for its metrics."""
     out = tmp_path / "out"
     result = hf_distill("train", "ranking-margin-mse", *SHORT, "--set", f"training.output_dir={out}",
-                        "--set", "training.teacher_scores_column=teacher_scores", cwd=tmp_path)
+                        "--set", "training.teacher_scores_column=teacher_scores",  # a column: own candidates only
+                        "--set", "objectives=[{name: margin_mse, weight: 1.0}]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["metric"] is not None and report["teacher"]["metric"] is None
