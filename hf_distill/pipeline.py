@@ -401,7 +401,8 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     return _Run(task_name, config, tokenizer, adapter, data, raw, collator, model_kwargs, teachers[0], teachers)
 
 
-# What a ranking teacher's fine-tuning takes from the run's config: how rows are cut and how models pool and score.
+# What a ranking teacher's fine-tuning takes from the run's config: how rows are cut, how models pool and score,
+# and whether it runs on the CPU.
 _RANKING_FIELDS = ("ranking_similarity", "ranking_query_max_length", "ranking_max_length", "ranking_pair_max_length",
                    "ranking_num_negatives", "embedding_pooling", "embedding_normalize", "use_cpu")
 
