@@ -267,7 +267,7 @@ def save_atomically(output_dir: str | os.PathLike, write: Callable[[str], None],
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob(f"{_STAGING_PREFIX}*"):  # left by a save that was killed (one process saves)
+    for stale in output_dir.glob(f"{_STAGING_PREFIX}*"):  # left by a killed save (only the writing process calls this)
         shutil.rmtree(stale, ignore_errors=True)
     staging = output_dir / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     staging.mkdir()

@@ -588,7 +588,7 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
             (out / ADAPTER_DIR / "training_args.bin").unlink(missing_ok=True)
         trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         trainer.model_wrapped = trainer.model
-    trainer.save_model(str(out))  # the main process writes (Trainer.save_model checks `should_save`)
+    trainer.save_model(str(out))  # the main process writes (`DistillationTrainer._save` checks `should_save`)
     trainer.save_state()
     if main:
         resolved = {**recipe.raw, "training": {**recipe.training}}

@@ -89,8 +89,8 @@ RECIPE_SCHEMA: dict[str, Key] = {
             "dtype": Key((str,), "dtype of the teacher's weights.", choices=DTYPE_CHOICES),
             "finetune": Key((dict,), "Fine-tune the teacher with cross-entropy on the training data before "
                             "distilling (for a teacher whose task head is new; classification and language; ranking: "
-                            "the contrastive CE of ranking_ce on the labels, a bi-encoder with in-batch negatives); any "
-                            "TrainingArguments fields, e.g. {num_train_epochs: 1, learning_rate: "
+                            "the contrastive CE of ranking_ce on the labels, a bi-encoder with in-batch negatives); "
+                            "any TrainingArguments fields, e.g. {num_train_epochs: 1, learning_rate: "
                             "2.0e-4}. Saved to <output_dir>/teacher (classification, language, vision, ranking)."),
             "init_kwargs": Key((dict,), "Extra `from_pretrained` keyword arguments for the teacher."),
             "ema_of_student": _mapping(

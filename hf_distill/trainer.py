@@ -725,7 +725,14 @@ class DistillationTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write the student (and the objectives' trained parameters, and task extras) to a staging folder, then
         move it into place (`checks.save_atomically`): an interrupted save never leaves a model that looks
-        complete."""
+        complete.
+
+        Only the writing process stages: `Trainer.save_model` calls `_save` on every process, and a second process's
+        `save_atomically` would clear the writer's live staging folder as a stale one. The others go through the base
+        class, which returns at once or, for a model sharded at load time, joins its gathers and writes nothing."""
+        if not self.args.should_save:
+            super()._save(output_dir, state_dict)
+            return
 
         def write(staging: str) -> None:
             super(DistillationTrainer, self)._save(staging, state_dict)

@@ -377,6 +377,23 @@ def test_skipped_micro_batch_under_accumulation_keeps_the_others(tmp_path):
 # ---- atomic saves ----------------------------------------------------------------------------------------------------
 
 
+def test_a_process_that_does_not_save_leaves_the_writers_staging_folder_alone(tmp_path, monkeypatch):
+    """`Trainer.save_model` calls `_save` on every process; under torchrun the second process used to clear the
+    main process's live staging folder as a stale one, and the main process's save failed (CI, 2026-11-27)."""
+    out = tmp_path / "student"
+    trainer = DistillationTrainer(model=tiny_gpt2(layers=1), teacher_model=tiny_gpt2(layers=2, seed=1),
+                                  args=config(tmp_path, objectives=KL_CE))
+    live = out / ".hf_distill-saving-0123456789ab"  # the main process is writing into it right now
+    live.mkdir(parents=True)
+    (live / "model.safetensors").write_bytes(b"being written")
+    monkeypatch.setattr(type(trainer.args), "should_save", property(lambda self: False))
+    trainer.save_model(str(out))
+    assert sorted(p.name for p in out.rglob("*")) == [live.name, "model.safetensors"]
+    monkeypatch.undo()
+    trainer.save_model(str(out))  # the writer itself still saves, and clears what a killed save left
+    assert (out / "config.json").is_file() and not live.exists()
+
+
 def test_interrupted_save_keeps_the_previous_model_and_no_half_written_one(tmp_path, monkeypatch):
     out = tmp_path / "student"
     trainer = DistillationTrainer(model=tiny_gpt2(layers=1), teacher_model=tiny_gpt2(layers=2, seed=1),
