@@ -30,6 +30,7 @@ Variants:
   margin_mse_in_batch   Margin-MSE against all B*C - 1 other passages of the batch (teacher live).
   margin_mse+ce   Margin-MSE plus 0.01 x the contrastive CE on the labels.
   ranking_ce+margin_mse   the label-only loss below plus 10 x Margin-MSE.
+  ranking_ce+margin_mse_in_batch   ... plus 10 x Margin-MSE against every passage of the batch (teacher live).
   ranking_ce+listwise_kl  the label-only loss plus listwise KL over all in-batch candidates (teacher live).
   ranking_ce      the labels alone: contrastive CE over the given hard negatives and the in-batch negatives
                   (sentence-transformers' MultipleNegativesRankingLoss, scale 20).
@@ -63,6 +64,9 @@ VARIANTS = {
     # the label-only loss with the teacher's margins added, weighted so both gradients are of similar size
     "ranking_ce+margin_mse": [{"name": "ranking_ce", "weight": 1.0, "in_batch_negatives": True},
                               {"name": "margin_mse", "weight": 10.0}],
+    # ... with the margins against every passage of the batch (teacher live), as `margin_mse_in_batch`
+    "ranking_ce+margin_mse_in_batch": [{"name": "ranking_ce", "weight": 1.0, "in_batch_negatives": True},
+                                       {"name": "margin_mse", "weight": 10.0, "in_batch_negatives": True}],
     # ... or the teacher's whole distribution over all B*C in-batch candidates (needs the teacher live)
     "ranking_ce+listwise_kl": [{"name": "ranking_ce", "weight": 1.0, "in_batch_negatives": True},
                                {"name": "listwise_kl", "weight": 1.0, "student_scale": 20.0, "teacher_scale": 20.0,
@@ -80,8 +84,8 @@ def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenize
         ) -> dict[str, float]:
     from hf_distill import DistillationConfig, DistillationTrainer, make_student
 
-    objectives = [dict(o, teacher_scale=args.teacher_scale) if o["name"] == "margin_mse" else o
-                  for o in VARIANTS[variant]]
+    objectives = [dict(o, teacher_scale=args.teacher_scale, weight=args.margin_weight or o["weight"])
+                  if o["name"] == "margin_mse" else o for o in VARIANTS[variant]]
     live = needs_live_teacher(variant, args)
     with tempfile.TemporaryDirectory() as out:
         config = DistillationConfig(
@@ -184,6 +188,10 @@ def main() -> None:
                         help="margin_mse's teacher_scale; default 1 for a bi-encoder teacher, 1/20 for a cross-encoder")
     parser.add_argument("--teacher-cache", default=None,
                         help="folder to keep the fine-tuned teacher and its scores in, and to reuse them from")
+    parser.add_argument("--margin-weight", type=float, default=None,
+                        help="the margin_mse term's weight in every variant (default: each variant's own)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip evaluating the teacher and the untrained student (when another run printed them)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     cross = args.teacher_kind == "cross-encoder"
@@ -240,15 +248,17 @@ def main() -> None:
     print(f"data: {len(train)} training queries x (1 positive + {args.negatives} negatives), {len(test)} test "
           f"queries x 20 candidates; {args.steps} steps of {args.batch_size} queries; student {args.layers} layers")
 
-    start = time.perf_counter()
-    rows = reference(test, tokenizer, teacher, source, args)
-    print(f"teacher and untrained student evaluated in {time.perf_counter() - start:.0f} s", flush=True)
+    rows = {}
+    if not args.no_reference:
+        start = time.perf_counter()
+        rows = reference(test, tokenizer, teacher, source, args)
+        print(f"teacher and untrained student evaluated in {time.perf_counter() - start:.0f} s", flush=True)
     results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
     for seed in args.seeds:
         for variant in args.variants:
             result = run(variant, seed, args, train, test, tokenizer, teacher, source)
             results[variant].append(result)
-            print(f"  seed {seed} {variant:14s} MRR@10 {result['mrr@10']:.4f}  nDCG@10 {result['ndcg@10']:.4f}  "
+            print(f"  seed {seed} {variant:30s} MRR@10 {result['mrr@10']:.4f}  nDCG@10 {result['ndcg@10']:.4f}  "
                   f"train {result['train_s']:.0f} s", flush=True)
 
     def fmt(values: list[float]) -> str:
