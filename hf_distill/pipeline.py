@@ -326,6 +326,8 @@ class _Run:
     teacher: Any
     #: Every teacher, in the recipe's order (one for a single teacher; ``teacher`` is the first).
     teachers: list[Any]
+    #: A ranking teacher's own tokenizer, when its vocabulary is not the run's (`tokenizer` is then the student's).
+    teacher_tokenizer: Any = None
 
 
 def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
@@ -360,6 +362,9 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=trust)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+    teacher_tokenizer = None
+    if task_name == "ranking" and teacher_ref is not None and not derived and not recipe.ensemble:
+        teacher_tokenizer = _own_tokenizer(_tokenizer_source(teacher_ref), tokenizer, trust)
     if teacher_ref is None:
         teacher_config = _config_from_spec(model_spec["config"], tokenizer)
     adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
@@ -384,7 +389,8 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
                  "training data first")
             folder = teacher_dir(recipe, k)
             if task_name == "ranking":
-                finetune_ranking_teacher(teacher, data["train"], tokenizer, config, folder, spec["finetune"])
+                finetune_ranking_teacher(teacher, data["train"], teacher_tokenizer or tokenizer, config, folder,
+                                         spec["finetune"])
             else:
                 args = TrainingArguments(**{"output_dir": str(folder), "report_to": "none",
                                             "save_strategy": "no", "seed": config.seed, **spec["finetune"]})
@@ -398,7 +404,20 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
         if recipe.ensemble:  # each listed teacher in its own dtype (the config's `teacher_dtype` is their common one)
             teacher = _cast_teacher(teacher, spec, adapter, config.device)
         teachers.append(teacher)
-    return _Run(task_name, config, tokenizer, adapter, data, raw, collator, model_kwargs, teachers[0], teachers)
+    return _Run(task_name, config, tokenizer, adapter, data, raw, collator, model_kwargs, teachers[0], teachers,
+                teacher_tokenizer)
+
+
+def _own_tokenizer(reference: str, tokenizer: Any, trust: bool) -> Any:
+    """The tokenizer at ``reference`` (a ranking teacher's folder or hub id) when its vocabulary differs from the
+    run's ``tokenizer``, so that the teacher reads its own tokens; None when they are the same or it has none."""
+    from transformers import AutoTokenizer
+
+    try:
+        own = AutoTokenizer.from_pretrained(reference, trust_remote_code=trust)
+    except (OSError, ValueError):
+        return None  # a teacher folder without a tokenizer reads the run's (the trainer checks the vocabulary size)
+    return own if own.get_vocab() != tokenizer.get_vocab() else None
 
 
 # What a ranking teacher's fine-tuning takes from the run's config: how rows are cut, how models pool and score,
@@ -486,7 +505,8 @@ def _build_cache(recipe: Recipe, run: _Run, echo: Any, k: int = 0) -> str:
     eval_data = run.data.get("eval") if spec.get("top_k") is None else None
     cache = cache_teacher(
         run.teachers[k], run.data["train"], spec["path"], eval_dataset=eval_data, args=run.config,
-        task=run.task_name, tokenizer=run.tokenizer, data_collator=run.collator, top_k=spec.get("top_k"),
+        task=run.task_name, tokenizer=run.teacher_tokenizer or run.tokenizer, data_collator=run.collator,
+        top_k=spec.get("top_k"),
         dtype=spec.get("dtype", "float32"), hidden_layers=spec.get("hidden_layers"),
         batch_size=spec.get("batch_size", 32), overwrite=spec.get("overwrite", False),
         progress=not run.config.disable_tqdm,
@@ -553,11 +573,11 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     # With `teacher_scores_column` the teacher's scores come from the data; the model is still the report's teacher.
     # With a cache, the teacher is still given: the cache is checked against it, and uncached evaluation uses it.
     # Several teachers: the trainer combines them (teacher_weights from each `weight`; docs/multi-teacher.md).
-    teachers = run.teachers if recipe.ensemble else teacher
+    teachers = None if config.teacher_scores_column else run.teachers if recipe.ensemble else teacher
     trainer = DistillationTrainer(
-        model=student, teacher_model=None if config.teacher_scores_column else teachers, args=config,
-        train_dataset=data["train"], eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer,
-        peft_config=peft_config,
+        model=student, teacher_model=teachers, args=config, train_dataset=data["train"],
+        eval_dataset=data.get("eval"), data_collator=collator, processing_class=tokenizer, peft_config=peft_config,
+        teacher_processing_class=run.teacher_tokenizer if teachers is not None else None,
     )
     main = trainer.is_world_process_zero()
     if peft_config is not None and "from_teacher" in spec:
@@ -835,7 +855,8 @@ def _report(trainer: Any, teacher: Any, task_name: str, metrics: dict[str, float
     batch = trainer.data_collator([sample[i] for i in range(size)])
     batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
     first = teacher.members[0] if hasattr(teacher, "members") else teacher  # an ensemble: its teachers' inputs
-    inputs = [trainer.task.latency_inputs(model, batch) for model in (first, trainer.model)]
+    inputs = [trainer.task.latency_inputs(first, trainer.task.teacher_view(batch)),  # its own tokens, if it has them
+              trainer.task.latency_inputs(trainer.model, batch)]
     out = trainer.args.output_dir
     report = build_report(task_name, teacher, trainer.model, metrics, inputs, teacher_name, out)
     write_report(report, out)

@@ -316,7 +316,7 @@ class LiveTeacher:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
-        signals = self.task.run(self.model, batch, requires)
+        signals = self.task.run(self.model, self.task.teacher_view(batch), requires)
         if self.logit_width is not None and signals.logits is not None:
             signals.logits = signals.logits[..., : self.logit_width]
         return signals

@@ -83,6 +83,10 @@ class DistillationTrainer(Trainer):
         peft_config: a `peft` config (e.g. ``LoraConfig(...)``): the student is wrapped with ``get_peft_model`` and
             only its adapter is trained (as in TRL). A student that already is a `PeftModel` works as well. With
             ``teacher_is_student_base`` in the config, the teacher is the student's base model (adapters off).
+        teacher_processing_class: the teacher's own tokenizer, for a ranking teacher of another architecture
+            whose vocabulary differs from the student's (its scores need no shared tokens): every text is then
+            tokenised twice, once for each model. A teacher given as a path or hub id whose tokenizer differs gets
+            its own without this. Only tasks whose signals do not depend on tokens accept it (`ranking`).
         **kwargs: everything else `Trainer` accepts (``train_dataset``, ``eval_dataset``, ``data_collator``,
             ``processing_class``, ``compute_metrics``, ``callbacks``, ...).
 
@@ -105,6 +109,7 @@ class DistillationTrainer(Trainer):
         teacher_model: PreTrainedModel | nn.Module | str | os.PathLike | list | tuple | None = None,
         args: DistillationConfig | None = None,
         peft_config: Any = None,
+        teacher_processing_class: Any = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -237,12 +242,15 @@ class DistillationTrainer(Trainer):
         for item in self.objectives:
             item.objective.setup(self.task, model, setup_teacher)
         tokenizer = kwargs.get("processing_class")
+        teacher_tokenizer = self._own_teacher_tokenizer(teacher_processing_class, teacher_inputs, teachers, model,
+                                                        getattr(tokenizer, "tokenizer", tokenizer), ensemble)
         logit_widths: list[int | None] = []
         for k, prepared in enumerate(teachers):
             with _naming_teacher(k, ensemble):
                 logit_widths.append(shared_logit_width(
                     self.task, model, prepared, getattr(tokenizer, "tokenizer", tokenizer),
-                    _teacher_tokenizer(teacher_inputs[k]) if k < len(teacher_inputs) else None,
+                    None if teacher_tokenizer is not None or k >= len(teacher_inputs)
+                    else _teacher_tokenizer(teacher_inputs[k]),
                 ))
         logit_width = logit_widths[0] if logit_widths else None
         if cache is not None and teacher is None:
@@ -251,10 +259,12 @@ class DistillationTrainer(Trainer):
         self._eval_collator = None
         if kwargs.get("data_collator") is None:
             text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-            collator = self.task.default_collator(text_tokenizer, args, model, teacher)
+            own = {"teacher_tokenizer": teacher_tokenizer} if teacher_tokenizer is not None else {}
+            collator = self.task.default_collator(text_tokenizer, args, model, teacher, **own)
             if collator is not None:
                 kwargs["data_collator"] = collator
-                self._eval_collator = self.task.default_collator(text_tokenizer, args, model, teacher, training=False)
+                self._eval_collator = self.task.default_collator(text_tokenizer, args, model, teacher, training=False,
+                                                                 **own)
         if cache is not None:
             self._attach_cache_rows(caches, kwargs, tokenizer, live_teacher=teacher is not None)
         columns = getattr(kwargs.get("train_dataset"), "column_names", None)
@@ -323,6 +333,48 @@ class DistillationTrainer(Trainer):
         if self.args.teacher_compile:
             teacher = torch.compile(teacher)
         return teacher
+
+    def _own_teacher_tokenizer(self, given: Any, teacher_inputs: list[Any], teachers: list[nn.Module],
+                               student: nn.Module, tokenizer: Any, ensemble: bool) -> Any:
+        """The tokenizer the teacher reads its own tokens with, or None when it reads the student's: the given
+        `teacher_processing_class`, else (tasks with `own_teacher_tokens`) the one next to a teacher given as a path
+        or hub id whose vocabulary differs from the student's. Refuses, before any work, a teacher whose vocabulary
+        size differs from the student's with no tokenizer of its own: it would read the student's ids as other
+        tokens."""
+        given = getattr(given, "tokenizer", given)
+        if given is not None:
+            if not self.task.own_teacher_tokens:
+                raise ValueError(
+                    f"`teacher_processing_class` gives the teacher its own tokens, which only tasks whose signals do "
+                    f"not compare tokens accept (task='ranking'); this run's task is {self.task.name!r}. Use a teacher "
+                    "that shares the student's tokenizer and drop `teacher_processing_class`."
+                )
+            if ensemble or len(teachers) != 1:
+                raise ValueError(
+                    "`teacher_processing_class` is the tokenizer of one live teacher; this run has "
+                    f"{len(teachers)} teacher model(s). Give exactly one `teacher_model` with it."
+                )
+            return given
+        if not self.task.own_teacher_tokens:
+            return None
+        one = not ensemble and len(teachers) == 1
+        if one and teacher_inputs and isinstance(teacher_inputs[0], str) and hasattr(tokenizer, "get_vocab"):
+            own = _teacher_tokenizer(teacher_inputs[0])
+            if own is not None and own.get_vocab() != tokenizer.get_vocab():
+                logger.info("The teacher's tokenizer differs from the student's: the teacher reads its own tokens.")
+                return own
+        size = getattr(base_model_of(student).config, "vocab_size", None)
+        for k, teacher in enumerate(teachers):
+            theirs = getattr(base_model_of(teacher).config, "vocab_size", None)
+            if size is not None and theirs is not None and theirs != size:
+                raise ValueError(
+                    f"{f'`teacher_model[{k}]`: ' if ensemble else ''}The teacher's vocabulary has {theirs} tokens and "
+                    f"the student's {size}: they do not share a tokenizer, so the teacher would read the student's "
+                    "token ids as other tokens. "
+                    + ("Pass the teacher's own tokenizer as `teacher_processing_class=AutoTokenizer.from_pretrained("
+                       "<teacher>)`." if one else "A teacher with its own tokenizer must be the only teacher.")
+                )
+        return None
 
     @staticmethod
     def _cache_paths(args: DistillationConfig) -> list[str]:

@@ -124,10 +124,14 @@ def test_topk_cache_trains_in_one_pass_like_the_separate_objectives(tmp_path, te
             trainer._joint, trainer._fused_requires = None, trainer._student_requires
         trainer.train()
         runs[name] = trainer
-    # KL ~0.003 here: float32 rounding ~3e-8; fused sums the head's gradient chunk by chunk (another rounding order)
+    # KL ~0.003 here: float32 rounding ~3e-8; fused sums the head's gradient chunk by chunk (another rounding order).
+    # The first step starts from the same weights: rounding only. Later steps start from weights that differ by
+    # the previous steps' rounding, amplified by lr 1e-2 (seen: 6e-5 relative at step 3 on one CPU, 0 on another).
     tol = 1e-6 if objectives[0].get("fused") else 1e-7
     for key in ["loss"] + [f"loss/{o['name']}" for o in objectives]:
-        assert logged(runs["one_pass"], key) == pytest.approx(logged(runs["separate"], key), rel=1e-5, abs=tol), key
+        one_pass, separate = logged(runs["one_pass"], key), logged(runs["separate"], key)
+        assert one_pass[0] == pytest.approx(separate[0], rel=1e-5, abs=tol), key
+        assert one_pass == pytest.approx(separate, rel=2e-4, abs=tol), key
     assert_same_weights(runs["one_pass"].model, runs["separate"].model, atol=1e-6)
 
 

@@ -551,3 +551,148 @@ def test_a_recipe_fine_tunes_a_ranking_teacher_on_the_labels_first(tmp_path, min
         torch.testing.assert_close(value, run.teacher.state_dict()[name], msg=name)
     assert (out / "teacher" / "modules.json").is_file() and (out / "teacher" / "tokenizer_config.json").is_file()
     assert not run.teacher.training
+
+
+# --- a teacher with its own tokenizer (another architecture) ----------------------------------------------------------
+
+
+def _word_tokenizer(rows, size: int = 300):
+    """A word-level BERT-style tokenizer over the rows' most frequent words: a vocabulary unlike MiniLM's (no
+    second pretrained tokenizer installs offline), so ids mean different words to the two models."""
+    import re
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    counts = Counter(word for row in rows for text in (row["query"], row["positive"], *row["negatives"])
+                     for word in re.findall(r"\w+", text.lower()))
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate([*special, *sorted(w for w, _ in counts.most_common(size))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def _own_vocabulary_teacher(vocab: int, cross: bool = False, seed: int = 3):
+    """A tiny random BERT (64 positions) over another vocabulary: a bi-encoder, or a 1-logit cross-encoder."""
+    from transformers import BertModel
+
+    classifier = tiny_bert_classifier(layers=1, num_labels=1, vocab=vocab, seed=seed)
+    if cross:
+        return classifier
+    encoder = BertModel(classifier.config, add_pooling_layer=False)
+    encoder.load_state_dict(classifier.bert.state_dict(), strict=False)
+    return encoder
+
+
+def test_a_teacher_with_its_own_tokenizer_scores_its_own_tokens(tmp_path, tokenizer, minilm, rows):
+    own = _word_tokenizer(rows)
+    teacher = _own_vocabulary_teacher(len(own))
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = _student(minilm)
+    args = config(tmp_path, task="ranking", objectives=[{"name": "margin_mse"}], max_steps=2,
+                  per_device_train_batch_size=4, ranking_num_negatives=2, ranking_max_length=128)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows,
+                                  processing_class=tokenizer, teacher_processing_class=own)
+    collator = trainer.data_collator
+    assert collator.tokenizer is tokenizer and collator.teacher.tokenizer is own
+    assert collator.max_length == 128 and collator.teacher.max_length == 64  # each capped by its own model only
+    batch = collator(list(rows)[:4])
+    queries = [row["query"] for row in list(rows)[:4]]
+    assert torch.equal(batch["teacher_query_input_ids"],
+                       own(queries, padding=True, truncation=True, max_length=64, return_tensors="pt")["input_ids"])
+    assert torch.equal(batch["query_input_ids"], tokenizer(queries, padding=True, truncation=True, max_length=64,
+                                                           return_tensors="pt")["input_ids"])
+    # the teacher's scores are those of the teacher run alone on its own tokens: dot products of its mean-pooled
+    # states (a folder-less model: mean pooling, not normalised, so `auto` similarity is the dot product)
+    with torch.no_grad():
+        scores = trainer.teacher_source(batch, frozenset({"scores"})).scores
+
+        def embed(texts):
+            encoded = own(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+            hidden = teacher(**encoded).last_hidden_state
+            mask = encoded["attention_mask"].unsqueeze(-1).float()
+            return (hidden * mask).sum(1) / mask.sum(1)
+
+        docs = embed([text for row in list(rows)[:4] for text in (row["positive"], *row["negatives"][:2])])
+        expected = torch.einsum("bd,bcd->bc", embed(queries), docs.view(4, 3, -1))
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+    trainer.train()
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_a_cross_encoder_teacher_joins_query_and_passage_with_its_own_tokenizer(tmp_path, tokenizer, minilm, rows):
+    own = _word_tokenizer(rows)
+    args = config(tmp_path, task="ranking", objectives=[{"name": "margin_mse", "standardize": True}], max_steps=1,
+                  per_device_train_batch_size=4, ranking_num_negatives=2)
+    trainer = DistillationTrainer(model=_student(minilm), teacher_model=_own_vocabulary_teacher(len(own), cross=True),
+                                  args=args, train_dataset=rows, processing_class=tokenizer,
+                                  teacher_processing_class=own)
+    collator = trainer.data_collator
+    assert (collator.bi_encoder, collator.cross_encoder) == (True, False)  # the student's tokens: a bi-encoder's
+    assert (collator.teacher.bi_encoder, collator.teacher.cross_encoder) == (False, True)
+    batch = collator(list(rows)[:2])
+    assert "pair_input_ids" not in batch and batch["teacher_pair_input_ids"].shape[0] == 2 * 3
+    row = list(rows)[0]
+    assert torch.equal(batch["teacher_pair_input_ids"][0][batch["teacher_pair_attention_mask"][0].bool()],
+                       own(row["query"], row["positive"], truncation=True, max_length=64,
+                           return_tensors="pt")["input_ids"][0])
+    trainer.train()
+
+
+def test_a_teacher_path_with_another_tokenizer_gets_its_own_and_a_model_needs_one(tmp_path, tokenizer, minilm, rows):
+    own = _word_tokenizer(rows)
+    teacher = _own_vocabulary_teacher(len(own))
+    teacher.save_pretrained(tmp_path / "teacher")
+    own.save_pretrained(tmp_path / "teacher")
+    args = config(tmp_path / "out", task="ranking", objectives=[{"name": "margin_mse"}], max_steps=1,
+                  per_device_train_batch_size=4, ranking_num_negatives=2)
+    trainer = DistillationTrainer(model=_student(minilm), teacher_model=str(tmp_path / "teacher"), args=args,
+                                  train_dataset=rows, processing_class=tokenizer)
+    assert trainer.data_collator.teacher.tokenizer.get_vocab() == own.get_vocab()
+    # a teacher model over another vocabulary, with no tokenizer of its own: refused before any work
+    refused = config(tmp_path / "refused", task="ranking", objectives=[{"name": "margin_mse"}], max_steps=1)
+    with pytest.raises(ValueError, match=r"has 305 tokens and the student's 30522.*teacher_processing_class"):
+        DistillationTrainer(model=_student(minilm), teacher_model=teacher, args=refused, train_dataset=rows,
+                            processing_class=tokenizer)
+    assert not (tmp_path / "refused").exists()
+    # tasks whose signals compare tokens refuse a teacher tokenizer
+    embedding = config(tmp_path / "embedding", task="embedding", objectives=[{"name": "embedding_cosine"}])
+    with pytest.raises(ValueError, match="task='ranking'.*'embedding'"):
+        DistillationTrainer(model=_student(minilm), teacher_model=minilm, args=embedding,
+                            processing_class=tokenizer, teacher_processing_class=own)
+
+
+def test_a_ranking_recipe_gives_a_teacher_of_another_vocabulary_its_own_tokenizer(tmp_path, minilm, rows):
+    """A recipe whose `tokenizer` is the student's and whose teacher folder holds another tokenizer: the teacher
+    reads its own tokens (and its scores in the report are its own), the student the recipe's."""
+    from hf_distill import pipeline
+    from hf_distill.recipes import find_recipe, load_recipe
+
+    own = _word_tokenizer(rows)
+    _own_vocabulary_teacher(len(own)).save_pretrained(tmp_path / "teacher")
+    own.save_pretrained(tmp_path / "teacher")
+    _student(minilm, layers=(0,)).save_pretrained(tmp_path / "student")
+    out = tmp_path / "out"
+    recipe = load_recipe(find_recipe("ranking-margin-mse"), [
+        f"training.output_dir={out}", "training.report_to=[]", "data.max_train_samples=8",
+        "data.max_eval_samples=4", "training.max_steps=2", "training.per_device_train_batch_size=4",
+        "training.ranking_num_negatives=2", f"teacher.model={tmp_path / 'teacher'}",
+        f"tokenizer={MINILM}", f"student={{model: {tmp_path / 'student'}}}"])
+    run = pipeline._load_run(recipe, lambda *a, **k: None, training=False)
+    assert run.teacher_tokenizer.get_vocab() == own.get_vocab()
+    assert run.tokenizer.get_vocab() == AutoTokenizer.from_pretrained(MINILM).get_vocab()
+    report = pipeline.train_recipe(recipe, echo=lambda *a, **k: None)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == run.tokenizer.get_vocab()  # the student's tokenizer
+    # the report's teacher MRR@10 is the teacher's own, evaluated alone on its own tokens
+    alone = DistillationTrainer(model=run.teacher, teacher_model=None, processing_class=own, args=config(
+        tmp_path / "alone", task="ranking", objectives=[{"name": "ranking_ce"}], per_device_eval_batch_size=32),
+        eval_dataset=ranking_dataset("test").select(range(4)))
+    assert report["teacher"]["metric"] == pytest.approx(alone.evaluate()["eval_mrr@10"], abs=1e-6)
+    assert report["student"]["metric"] == pytest.approx(report["eval"]["eval_mrr@10"], abs=1e-6)

@@ -115,11 +115,21 @@ class TaskAdapter:
             )
 
     def default_collator(
-        self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True
+        self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True,
+        teacher_tokenizer: Any = None,
     ) -> Any:
         """The data collator the trainer uses when none is given (``training=False``: the one for evaluation);
-        None = Trainer's default."""
+        None = Trainer's default. ``teacher_tokenizer`` is only given to tasks with `own_teacher_tokens`."""
         return None
+
+    #: Whether the teacher may read its own tokens (`DistillationTrainer`'s ``teacher_processing_class``): true for
+    #: tasks whose signals do not depend on tokens (a ranker's scores), whose collator then tokenises each text
+    #: twice and whose `teacher_view` hands the teacher its own copy.
+    own_teacher_tokens = False
+
+    def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch as the teacher reads it (the same batch, unless the teacher has its own tokens)."""
+        return batch
 
     def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:
         """Called when the student is saved, to write task-specific files next to it. Default: nothing."""

@@ -7,7 +7,9 @@ formats). `RankingCollator` tokenises the rows on the fly into what the models n
 * ``query_*`` ``[B, Lq]`` and ``doc_*`` ``[B·C, Ld]`` for a bi-encoder (queries and passages encoded apart),
 * ``pair_*`` ``[B·C, Lp]`` for a cross-encoder (each query joined with each of its candidates),
 * ``labels`` ``[B]``: the index of the positive among the ``C = 1 + n`` candidates, always 0,
-* ``teacher_scores`` ``[B, C]`` when a column of precomputed teacher scores is used.
+* ``teacher_scores`` ``[B, C]`` when a column of precomputed teacher scores is used,
+* ``teacher_query_*``, ``teacher_doc_*``, ``teacher_pair_*`` when the teacher has its own tokenizer (a teacher of
+  another architecture: scores need no shared vocabulary), tokenised by its `RankingCollator` ``teacher``.
 
 Candidates are ordered positive first, then the negatives in their given order.
 """
@@ -53,7 +55,7 @@ class RankingCollator:
     """Tokenise rows of ``query`` / ``positive`` / negatives into bi-encoder and/or cross-encoder inputs.
 
     Args:
-        tokenizer: the student's (and teacher's) tokenizer.
+        tokenizer: the student's tokenizer (and the teacher's, unless ``teacher`` is given).
         query_max_length: tokens per query (bi-encoder).
         max_length: tokens per passage (bi-encoder).
         pair_max_length: tokens per query+passage pair (cross-encoder); ``None`` = ``query_max_length +
@@ -63,6 +65,8 @@ class RankingCollator:
         teacher_scores_column: a column of precomputed teacher scores, one per candidate (positive first), passed
             on as ``teacher_scores`` (rows without the column, e.g. evaluation data, are collated without).
         bi_encoder / cross_encoder: which inputs to build (the trainer sets these from its two models).
+        teacher: a second `RankingCollator` with the teacher's own tokenizer (and its kind and lengths), for a
+            teacher that does not share the student's vocabulary; its inputs are added as ``teacher_<key>``.
     """
 
     tokenizer: Any
@@ -73,6 +77,7 @@ class RankingCollator:
     teacher_scores_column: str | None = None
     bi_encoder: bool = True
     cross_encoder: bool = True
+    teacher: RankingCollator | None = None
 
     def _candidates(self, rows: list[dict[str, Any]]) -> list[list[str]]:
         lists = []
@@ -129,7 +134,14 @@ class RankingCollator:
                         f"(positive first, then the negatives: {width}), got {value!r}."
                     )
             batch["teacher_scores"] = torch.tensor([list(v)[:width] for v in scores], dtype=torch.float32)
+        if self.teacher is not None:
+            own = self.teacher([{k: v for k, v in row.items() if k != self.teacher_scores_column} for row in rows])
+            batch.update({f"{_TEACHER}{key}": value for key, value in own.items() if key != "labels"})
         return batch
+
+
+_TEACHER = "teacher_"
+_PREFIXES = ("query_", "doc_", "pair_")
 
 
 def _sub_batch(batch: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -224,29 +236,50 @@ class RankingTask(EmbeddingTask):
         return settings
 
     def default_collator(
-        self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True
+        self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True,
+        teacher_tokenizer: Any = None,
     ) -> Any:
         """A `RankingCollator` building the inputs the two models need, with the config's lengths. Only training
-        batches are cut to `ranking_num_negatives`: evaluation ranks every candidate of a row."""
+        batches are cut to `ranking_num_negatives`: evaluation ranks every candidate of a row. With a
+        ``teacher_tokenizer`` the teacher's inputs are tokenised apart, by a second collator (``teacher``)."""
         if tokenizer is None:
             raise ValueError("The ranking task tokenises rows on the fly: pass `processing_class=tokenizer` or "
                              "`data_collator=RankingCollator(tokenizer, ...)` to DistillationTrainer.")
-        models = [m for m in (student, teacher) if m is not None]
-        kinds = {self.kind_of(m) for m in models}
-        # Never longer than the shorter model's position table (a longer text would not fit it).
-        positions = [getattr(base_model_of(m).config, "max_position_embeddings", None) for m in models]
-        limit = min([p for p in positions if p] or [args.ranking_max_length])
-        return RankingCollator(
-            tokenizer,
-            query_max_length=min(args.ranking_query_max_length, limit),
-            max_length=min(args.ranking_max_length, limit),
-            pair_max_length=min(args.ranking_pair_max_length or args.ranking_query_max_length + args.ranking_max_length,
-                                limit),
-            num_negatives=args.ranking_num_negatives if training else None,
-            teacher_scores_column=args.teacher_scores_column,
-            bi_encoder=BI_ENCODER in kinds,
-            cross_encoder=CROSS_ENCODER in kinds,
-        )
+
+        def collator(tokenizer: Any, models: list[nn.Module], scores_column: str | None) -> RankingCollator:
+            kinds = {self.kind_of(m) for m in models}
+            # Never longer than the shorter model's position table (a longer text would not fit it).
+            positions = [getattr(base_model_of(m).config, "max_position_embeddings", None) for m in models]
+            limit = min([p for p in positions if p] or [args.ranking_max_length])
+            return RankingCollator(
+                tokenizer,
+                query_max_length=min(args.ranking_query_max_length, limit),
+                max_length=min(args.ranking_max_length, limit),
+                pair_max_length=min(args.ranking_pair_max_length
+                                    or args.ranking_query_max_length + args.ranking_max_length, limit),
+                num_negatives=args.ranking_num_negatives if training else None,
+                teacher_scores_column=scores_column,
+                bi_encoder=BI_ENCODER in kinds,
+                cross_encoder=CROSS_ENCODER in kinds,
+            )
+
+        if teacher_tokenizer is None or teacher is None:
+            return collator(tokenizer, [m for m in (student, teacher) if m is not None], args.teacher_scores_column)
+        batches = collator(tokenizer, [student], args.teacher_scores_column)
+        batches.teacher = collator(teacher_tokenizer, [teacher], None)
+        return batches
+
+    own_teacher_tokens = True
+
+    def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """With ``teacher_<key>`` inputs (the teacher's own tokens), the batch with those in place of the student's
+        text inputs; else the batch itself."""
+        own = {key[len(_TEACHER):]: value for key, value in batch.items()
+               if key.startswith(_TEACHER) and key[len(_TEACHER):].startswith(_PREFIXES)}
+        if not own:
+            return batch
+        rest = {key: value for key, value in batch.items() if not key.startswith((_TEACHER, *_PREFIXES))}
+        return {**rest, **own}
 
     def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:
         """A bi-encoder student is also written as a sentence-transformers folder (no projection)."""
