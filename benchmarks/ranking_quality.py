@@ -84,7 +84,8 @@ def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenize
         ) -> dict[str, float]:
     from hf_distill import DistillationConfig, DistillationTrainer, make_student
 
-    objectives = [dict(o, teacher_scale=args.teacher_scale, weight=args.margin_weight or o["weight"])
+    objectives = [dict(o, teacher_scale=args.teacher_scale,
+                       weight=o["weight"] if args.margin_weight is None else args.margin_weight)
                   if o["name"] == "margin_mse" else o for o in VARIANTS[variant]]
     live = needs_live_teacher(variant, args)
     with tempfile.TemporaryDirectory() as out:

@@ -694,5 +694,10 @@ def test_a_ranking_recipe_gives_a_teacher_of_another_vocabulary_its_own_tokenize
     alone = DistillationTrainer(model=run.teacher, teacher_model=None, processing_class=own, args=config(
         tmp_path / "alone", task="ranking", objectives=[{"name": "ranking_ce"}], per_device_eval_batch_size=32),
         eval_dataset=ranking_dataset("test").select(range(4)))
-    assert report["teacher"]["metric"] == pytest.approx(alone.evaluate()["eval_mrr@10"], abs=1e-6)
+    teacher_mrr = alone.evaluate()["eval_mrr@10"]
+    assert report["teacher"]["metric"] == pytest.approx(teacher_mrr, abs=1e-6)
     assert report["student"]["metric"] == pytest.approx(report["eval"]["eval_mrr@10"], abs=1e-6)
+    # `hf-distill evaluate OUTPUT_DIR` gives the teacher (a path there) its own tokens as well
+    again = pipeline.evaluate_output_dir(out, echo=lambda *a, **k: None)
+    assert again["teacher"]["metric"] == pytest.approx(teacher_mrr, abs=1e-6)
+    assert again["student"]["metric"] == pytest.approx(report["student"]["metric"], abs=1e-6)
