@@ -76,7 +76,9 @@ class SentenceEncoder(nn.Module):
                  max_length: int = 256) -> None:
         super().__init__()
         self.model, self.tokenizer, self.pooling, self.projection = model, tokenizer, pooling, projection
-        self.max_length = max_length
+        # never beyond the model's learned position table (a longer text would not fit it)
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.max_length = min(max_length, positions) if isinstance(positions, int) and positions > 0 else max_length
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, max_length: int = 256) -> SentenceEncoder:
@@ -121,9 +123,11 @@ def encoders_from_trainer(trainer: Any, max_length: int = 256) -> tuple[Sentence
     projection = next((item.objective.projection for item in trainer.objectives
                        if getattr(item.objective, "projection", None) is not None), None)
     tokenizer = trainer.processing_class
+    teacher_tokenizer = getattr(trainer, "teacher_processing_class", None) or tokenizer  # its own, if it has one
     return (
         SentenceEncoder(student, tokenizer, task.pooling_of(student), projection, max_length),
-        SentenceEncoder(trainer.teacher_model, tokenizer, task.pooling_of(trainer.teacher_model), None, max_length),
+        SentenceEncoder(trainer.teacher_model, teacher_tokenizer, task.pooling_of(trainer.teacher_model), None,
+                        max_length),
     )
 
 

@@ -233,9 +233,12 @@ def _label_names(dataset: Any, column: str) -> list[str]:
     return [str(v) for v in sorted(set(dataset[column]))]
 
 
-def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool, recipe: Recipe) -> dict[str, Any]:
+def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool, recipe: Recipe,
+              teacher_tokenizer: Any = None) -> dict[str, Any]:
     """Classification: truncated texts with labels. Causal LM: the texts joined by EOS and cut into blocks of
-    ``max_length`` tokens (labels = inputs; the model shifts them). Masked LM: truncated texts (the collator masks)."""
+    ``max_length`` tokens (labels = inputs; the model shifts them). Masked LM: truncated texts (the collator masks).
+    Embedding with a ``teacher_tokenizer`` (a teacher of another vocabulary): each text also as the teacher's tokens
+    (``teacher_input_ids``, ...), cut to the same ``max_length``."""
     if task == "ranking":  # rows stay text: the ranking collator tokenises queries, passages and pairs per batch
         return dict(datasets)
     columns = recipe["data"].get("columns") or {}
@@ -256,6 +259,12 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
                          return_special_tokens_mask=task == "language")
 
     keep = {"input_ids", "attention_mask", "token_type_ids"}
+    if task == "embedding" and teacher_tokenizer is not None:
+        from .tasks.embedding import EmbeddingTask, add_teacher_tokens
+
+        keep |= set(EmbeddingTask.teacher_columns)
+        datasets = {split: add_teacher_tokens(dataset, teacher_tokenizer, text_column, max_length)
+                    for split, dataset in datasets.items()}
     if task == "classification":
         keep |= {"label"}
     elif task == "language":
@@ -363,15 +372,19 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     teacher_tokenizer = None
-    if task_name == "ranking" and teacher_ref is not None and not derived and not recipe.ensemble:
+    if task_name in _OWN_TEACHER_TOKENS and teacher_ref is not None and not derived and not recipe.ensemble:
         teacher_tokenizer = _own_tokenizer(_tokenizer_source(teacher_ref), tokenizer, trust)
+    if teacher_tokenizer is not None and task_name == "embedding" and recipe.teacher.get("cache"):
+        raise RecipeError([f"`teacher.cache`: the teacher ({teacher_ref}) has its own tokenizer, and an embedding "
+                           "teacher cache of another tokenizer is not supported yet. Remove `teacher.cache` (the "
+                           "teacher runs live) or use a teacher with the student's tokenizer."])
     if teacher_ref is None:
         teacher_config = _config_from_spec(model_spec["config"], tokenizer)
     adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
     causal = getattr(adapter, "causal", False)
     model_kwargs = _model_kwargs(recipe, task_name, raw["train"])
-    data = _tokenize(raw, tokenizer, task_name, causal, recipe)
-    collator = _collator(task_name, causal, tokenizer)
+    data = _tokenize(raw, tokenizer, task_name, causal, recipe, teacher_tokenizer)
+    collator = None if teacher_tokenizer is not None else _collator(task_name, causal, tokenizer)  # the task's own
     teachers = []
     for k, spec in enumerate(recipe.teachers):
         torch.manual_seed(config.seed + k)  # teachers built from the same `config` still start differently
@@ -408,9 +421,14 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
                 teacher_tokenizer)
 
 
+#: Tasks whose teacher reads its own tokens when its tokenizer is not the run's (`TaskAdapter.own_teacher_tokens`).
+_OWN_TEACHER_TOKENS = ("ranking", "embedding")
+
+
 def _own_tokenizer(reference: str, tokenizer: Any, trust: bool) -> Any:
-    """The tokenizer at ``reference`` (a ranking teacher's folder or hub id) when its vocabulary differs from the
-    run's ``tokenizer``, so that the teacher reads its own tokens; None when they are the same or it has none."""
+    """The tokenizer at ``reference`` (a ranking or embedding teacher's folder or hub id) when its vocabulary differs
+    from the run's ``tokenizer``, so that the teacher reads its own tokens; None when they are the same or it has
+    none."""
     from transformers import AutoTokenizer
 
     try:
@@ -755,8 +773,11 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any] |
         torch.manual_seed(config.seed)
         teachers = _load_model(adapter, base_ref, **model_kwargs)
     causal = getattr(adapter, "causal", False)
-    data = _tokenize({"eval": raw["eval"]}, tokenizer, task_name, causal, recipe)
-    collator = _collator(task_name, causal, tokenizer)
+    teacher_tokenizer = None  # a teacher of another vocabulary (a path: the trainer gives it its own tokenizer)
+    if task_name in _OWN_TEACHER_TOKENS and isinstance(teachers, str) and not recipe.ensemble:
+        teacher_tokenizer = _own_tokenizer(_tokenizer_source(teachers), tokenizer, _trusts_remote_code(recipe))
+    data = _tokenize({"eval": raw["eval"]}, tokenizer, task_name, causal, recipe, teacher_tokenizer)
+    collator = None if teacher_tokenizer is not None else _collator(task_name, causal, tokenizer)
     if recipe.ensemble:  # each listed teacher loaded with its own dtype and init_kwargs
         from .config import _DTYPE_ALIASES
         from .teacher import load_teacher

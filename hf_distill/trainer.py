@@ -57,6 +57,9 @@ from .teacher import (
 
 logger = logging.get_logger(__name__)
 
+#: Signals of a whole text or pair, comparable between models that tokenise differently.
+_TOKEN_FREE_SIGNALS = frozenset({"embeddings", "scores", "batch_scores"})
+
 __all__ = ["DistillationTrainer", "OBJECTIVES_WEIGHTS_NAME", "EMA_TEACHER_NAME", "last_complete_checkpoint"]
 
 #: File holding the trainable parameters of the objectives (e.g. projections), next to the student's weights.
@@ -83,10 +86,11 @@ class DistillationTrainer(Trainer):
         peft_config: a `peft` config (e.g. ``LoraConfig(...)``): the student is wrapped with ``get_peft_model`` and
             only its adapter is trained (as in TRL). A student that already is a `PeftModel` works as well. With
             ``teacher_is_student_base`` in the config, the teacher is the student's base model (adapters off).
-        teacher_processing_class: the teacher's own tokenizer, for a ranking teacher of another architecture
-            whose vocabulary differs from the student's (its scores need no shared tokens): every text is then
-            tokenised twice, once for each model. A teacher given as a path or hub id whose tokenizer differs gets
-            its own without this. Only tasks whose signals do not depend on tokens accept it (`ranking`).
+        teacher_processing_class: the teacher's own tokenizer, for a teacher of another architecture whose
+            vocabulary differs from the student's: every text is then tokenised twice, once for each model (ranking:
+            by the collator; embedding: the data's ``teacher_input_ids`` columns, `tasks.embedding.add_teacher_tokens`).
+            A teacher given as a path or hub id whose tokenizer differs gets its own without this. Only tasks whose
+            signals do not compare tokens accept it (`ranking`, `embedding`), and only objectives on those signals.
         **kwargs: everything else `Trainer` accepts (``train_dataset``, ``eval_dataset``, ``data_collator``,
             ``processing_class``, ``compute_metrics``, ``callbacks``, ...).
 
@@ -243,7 +247,9 @@ class DistillationTrainer(Trainer):
             item.objective.setup(self.task, model, setup_teacher)
         tokenizer = kwargs.get("processing_class")
         teacher_tokenizer = self._own_teacher_tokenizer(teacher_processing_class, teacher_inputs, teachers, model,
-                                                        getattr(tokenizer, "tokenizer", tokenizer), ensemble)
+                                                        getattr(tokenizer, "tokenizer", tokenizer), ensemble, args)
+        #: The teacher's own tokenizer when it reads its own tokens (`teacher_processing_class`), else None.
+        self.teacher_processing_class = teacher_tokenizer
         logit_widths: list[int | None] = []
         for k, prepared in enumerate(teachers):
             with _naming_teacher(k, ensemble):
@@ -335,7 +341,7 @@ class DistillationTrainer(Trainer):
         return teacher
 
     def _own_teacher_tokenizer(self, given: Any, teacher_inputs: list[Any], teachers: list[nn.Module],
-                               student: nn.Module, tokenizer: Any, ensemble: bool) -> Any:
+                               student: nn.Module, tokenizer: Any, ensemble: bool, args: DistillationConfig) -> Any:
         """The tokenizer the teacher reads its own tokens with, or None when it reads the student's: the given
         `teacher_processing_class`, else (tasks with `own_teacher_tokens`) the one next to a teacher given as a path
         or hub id whose vocabulary differs from the student's. Refuses, before any work, a teacher whose vocabulary
@@ -346,14 +352,16 @@ class DistillationTrainer(Trainer):
             if not self.task.own_teacher_tokens:
                 raise ValueError(
                     f"`teacher_processing_class` gives the teacher its own tokens, which only tasks whose signals do "
-                    f"not compare tokens accept (task='ranking'); this run's task is {self.task.name!r}. Use a teacher "
-                    "that shares the student's tokenizer and drop `teacher_processing_class`."
+                    f"not compare tokens accept (task='ranking' or 'embedding'); this run's task is "
+                    f"{self.task.name!r}. Use a teacher that shares the student's tokenizer and drop "
+                    "`teacher_processing_class`."
                 )
             if ensemble or len(teachers) != 1:
                 raise ValueError(
                     "`teacher_processing_class` is the tokenizer of one live teacher; this run has "
                     f"{len(teachers)} teacher model(s). Give exactly one `teacher_model` with it."
                 )
+            self._check_own_tokens(args)
             return given
         if not self.task.own_teacher_tokens:
             return None
@@ -362,6 +370,7 @@ class DistillationTrainer(Trainer):
             own = _teacher_tokenizer(teacher_inputs[0])
             if own is not None and own.get_vocab() != tokenizer.get_vocab():
                 logger.info("The teacher's tokenizer differs from the student's: the teacher reads its own tokens.")
+                self._check_own_tokens(args)
                 return own
         size = getattr(base_model_of(student).config, "vocab_size", None)
         for k, teacher in enumerate(teachers):
@@ -375,6 +384,29 @@ class DistillationTrainer(Trainer):
                        "<teacher>)`." if one else "A teacher with its own tokenizer must be the only teacher.")
                 )
         return None
+
+    def _check_own_tokens(self, args: DistillationConfig) -> None:
+        """What a teacher reading its own tokens cannot do: objectives comparing token positions, and (embedding) a
+        teacher cache, whose builder tokenises with one tokenizer."""
+        self._check_token_free_objectives()
+        if self.task.name == "embedding" and args.teacher_cache is not None:
+            raise ValueError("`teacher_cache` with a teacher of its own tokenizer is not supported for embeddings yet: "
+                             "unset `teacher_cache` (the teacher runs live) or use a teacher with the student's "
+                             "tokenizer.")
+
+    def _check_token_free_objectives(self) -> None:
+        """A teacher reading its own tokens has other token positions than the student: refuse objectives that
+        compare hidden states, attentions or module features position by position."""
+        by_token = {item.key: sorted(item.objective.requires - _TOKEN_FREE_SIGNALS) for item in self.objectives
+                    if item.objective.uses_teacher and item.objective.requires - _TOKEN_FREE_SIGNALS}
+        if by_token:
+            compared = sorted({signal for signals in by_token.values() for signal in signals})
+            raise ValueError(
+                f"The teacher reads its own tokens (its tokenizer differs from the student's), so token positions do "
+                f"not match, but objective(s) {sorted(by_token)} compare {compared} token by token. Use objectives "
+                "on pooled embeddings or scores (embedding_cosine, embedding_mse, similarity_kd, margin_mse, "
+                "listwise_kl), or a teacher that shares the student's tokenizer."
+            )
 
     @staticmethod
     def _cache_paths(args: DistillationConfig) -> list[str]:
@@ -528,6 +560,8 @@ class DistillationTrainer(Trainer):
         super()._set_signature_columns_if_needed()
         if self.teacher_cache is not None and ROW_COLUMN not in self._signature_columns:
             self._signature_columns.append(ROW_COLUMN)
+        if self.teacher_processing_class is not None:  # the teacher's own tokens
+            self._signature_columns.extend(c for c in self.task.teacher_columns if c not in self._signature_columns)
 
     # ---- data: tasks whose collator builds batches from raw rows keep every column -------------------------------
 
@@ -708,8 +742,9 @@ class DistillationTrainer(Trainer):
             checked_models = [("student", model), *(("teacher", t) for t in self.teacher_models)]
             for role, checked in checked_models:
                 if checked is not None:
-                    check_positions(base_model_of(unwrap_model(checked)), batch, role)
-                    check_image_size(base_model_of(unwrap_model(checked)), batch, role)
+                    inputs = self.task.teacher_view(batch) if role == "teacher" else batch  # its own tokens, if any
+                    check_positions(base_model_of(unwrap_model(checked)), inputs, role)
+                    check_image_size(base_model_of(unwrap_model(checked)), inputs, role)
             was_training = model.training
             model.eval()
             try:

@@ -116,3 +116,24 @@ def image_dataset(n: int, num_labels: int = 4, image_size: int = 8, seed: int = 
         "pixel_values": torch.randn(n, 3, image_size, image_size, generator=g).tolist(),
         "labels": torch.randint(0, num_labels, (n,), generator=g).tolist(),
     })
+
+
+def word_tokenizer(texts: list[str], size: int = 300):
+    """A word-level BERT-style tokenizer over the texts' ``size`` most frequent words: a vocabulary unlike
+    MiniLM's (no second pretrained tokenizer installs offline), so the same ids mean other words to the two models."""
+    import re
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    counts = Counter(word for text in texts for word in re.findall(r"\w+", text.lower()))
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate([*special, *sorted(w for w, _ in counts.most_common(size))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")

@@ -194,3 +194,101 @@ def test_both_pooling_config_formats_are_read(tmp_path, config, mode):
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     (tmp_path / "modules.json").write_text(json.dumps(modules))
     assert Pooling.from_folder(tmp_path) == Pooling(mode=mode, normalize=False)
+
+
+# --- a teacher with its own tokenizer -------------------------------------------------------------------------------
+
+
+def _own_vocabulary_setup(tokenizer, texts, objectives, tmp_path, **overrides):
+    from hf_distill.tasks.embedding import add_teacher_tokens
+    from tests.helpers import word_tokenizer
+
+    own = word_tokenizer(list(load_corpus("train")["text"][:200]))
+    torch.manual_seed(3)
+    teacher = BertModel(BertConfig(vocab_size=len(own), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=64, max_position_embeddings=64))
+    student = make_student(AutoModel.from_pretrained(MINILM), layers=[0, 5])
+    data = load_corpus("train").select(range(32)).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=48), batched=True,
+        remove_columns=["module", "qualname", "kind"])
+    data = add_teacher_tokens(data, own, max_length=40).remove_columns(["text"])
+    args = config(tmp_path, task="embedding", objectives=objectives, max_steps=2, per_device_train_batch_size=8,
+                  learning_rate=1e-3, **overrides)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                                  processing_class=tokenizer, teacher_processing_class=own)
+    return trainer, own, teacher, student, data
+
+
+def test_a_teacher_with_its_own_tokenizer_embeds_its_own_tokens(tmp_path, tokenizer, texts):
+    trainer, own, teacher, student, data = _own_vocabulary_setup(
+        tokenizer, texts, [{"name": "similarity_kd"}, {"name": "embedding_cosine", "weight": 0.0}], tmp_path)
+    batch = trainer.data_collator([data[i] for i in range(6)])
+    assert batch["teacher_input_ids"].max() < len(own) and batch["input_ids"].max() >= len(own)  # two vocabularies
+    student.eval()
+    with torch.no_grad():
+        got = trainer.compute_loss(student, batch)
+    corpus = list(load_corpus("train")["text"][:6])
+    s = SentenceEncoder(student, tokenizer, trainer.task.pooling_of(student), max_length=48).encode(corpus)
+    t = SentenceEncoder(teacher, own, Pooling("mean", normalize=False), max_length=40).encode(corpus)
+    torch.testing.assert_close(got, losses.similarity_kd(s, t), rtol=1e-5, atol=1e-7)
+    projection = trainer.objectives[1].objective.projection  # 384 → the teacher's 32, learned with the student
+    assert (projection.in_features, projection.out_features) == (384, 32)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer.train()
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    from hf_distill.embeddings import encoders_from_trainer
+
+    assert encoders_from_trainer(trainer)[1].tokenizer is own  # retrieval evaluation encodes with the teacher's
+
+
+def test_own_teacher_tokens_refuse_token_level_objectives_and_rows_without_them(tmp_path, tokenizer, texts):
+    with pytest.raises(ValueError, match=r"\['hidden_mse'\] compare \['hidden_states'\] token by token"):
+        _own_vocabulary_setup(tokenizer, texts, [{"name": "embedding_cosine"},
+                                                 {"name": "hidden_mse", "layers": "last"}], tmp_path / "a")
+    trainer, own, *_ = _own_vocabulary_setup(tokenizer, texts, [{"name": "similarity_kd"}], tmp_path / "b")
+    bare = load_corpus("train").select(range(4)).map(lambda b: tokenizer(b["text"]), batched=True,
+                                                     remove_columns=["text", "module", "qualname", "kind"])
+    with pytest.raises(ValueError, match="no `teacher_input_ids`.*add_teacher_tokens"):
+        trainer.data_collator([bare[i] for i in range(4)])
+
+
+def test_an_embedding_recipe_gives_a_teacher_of_another_vocabulary_its_own_tokens(tmp_path, tokenizer):
+    """A recipe with the student's `tokenizer` and a teacher folder holding another one: the data is tokenised for
+    both, the projection maps the student into the teacher's 32 dimensions, `hf-distill evaluate` agrees; a teacher
+    cache is refused before any work."""
+    from hf_distill import pipeline
+    from hf_distill.recipes import RecipeError, find_recipe, load_recipe
+    from tests.helpers import word_tokenizer
+
+    own = word_tokenizer(list(load_corpus("train")["text"][:200]))
+    torch.manual_seed(3)
+    BertModel(BertConfig(vocab_size=len(own), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "teacher")
+    own.save_pretrained(tmp_path / "teacher")
+    make_student(AutoModel.from_pretrained(MINILM), layers=[0]).save_pretrained(tmp_path / "student")
+    out = tmp_path / "out"
+    overrides = [f"training.output_dir={out}", "training.report_to=[]", "data.max_train_samples=32",
+                 "data.max_eval_samples=8", "data.max_length=32", "training.max_steps=2",
+                 f"teacher.model={tmp_path / 'teacher'}", f"tokenizer={MINILM}",
+                 f"student={{model: {tmp_path / 'student'}}}", "objectives=[{name: embedding_cosine}]"]
+    recipe = load_recipe(find_recipe("quickstart"), overrides)
+    run = pipeline._load_run(recipe, lambda *a, **k: None, training=False)
+    assert run.teacher_tokenizer.get_vocab() == own.get_vocab()
+    row = run.data["train"][0]
+    assert max(row["teacher_input_ids"]) < len(own) and len(row["input_ids"]) <= 32
+    report = pipeline.train_recipe(recipe, echo=lambda *a, **k: None)
+    # the retrieval evaluation encoded the teacher's side with its own tokenizer, the student's (projected) with its
+    from hf_distill.embeddings import retrieval_evaluation
+
+    teacher = SentenceEncoder(AutoModel.from_pretrained(tmp_path / "teacher"), own, Pooling(), max_length=128)
+    expected = retrieval_evaluation(SentenceEncoder.from_pretrained(out, max_length=128), teacher, max_queries=8)
+    for mode in ("teacher", "student", "aligned"):
+        assert report["eval"][f"eval_ndcg@10_{mode}"] == pytest.approx(expected[f"ndcg@10_{mode}"], abs=1e-6), mode
+    again = pipeline.evaluate_output_dir(out, echo=lambda *a, **k: None)
+    assert again["student"]["metric"] == pytest.approx(report["student"]["metric"], abs=1e-6)
+    assert again["teacher"]["metric"] == pytest.approx(report["teacher"]["metric"], abs=1e-6)
+    cached = load_recipe(find_recipe("quickstart"), [*overrides, f"training.output_dir={tmp_path / 'cached'}",
+                                                     f"teacher.cache={{path: {tmp_path / 'cache'}}}"])
+    with pytest.raises(RecipeError, match="teacher.cache.*own tokenizer"):
+        pipeline.train_recipe(cached, echo=lambda *a, **k: None)
+    assert not (tmp_path / "cache").exists()

