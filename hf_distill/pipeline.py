@@ -237,8 +237,8 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
               teacher_tokenizer: Any = None) -> dict[str, Any]:
     """Classification: truncated texts with labels. Causal LM: the texts joined by EOS and cut into blocks of
     ``max_length`` tokens (labels = inputs; the model shifts them). Masked LM: truncated texts (the collator masks).
-    Embedding with a ``teacher_tokenizer`` (a teacher of another vocabulary): each text also as the teacher's tokens
-    (``teacher_input_ids``, ...), cut to the same ``max_length``."""
+    Embedding or classification with a ``teacher_tokenizer`` (a teacher of another vocabulary): each text also as the
+    teacher's tokens (``teacher_input_ids``, ...), cut to the same ``max_length``."""
     if task == "ranking":  # rows stay text: the ranking collator tokenises queries, passages and pairs per batch
         return dict(datasets)
     columns = recipe["data"].get("columns") or {}
@@ -259,10 +259,10 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
                          return_special_tokens_mask=task == "language")
 
     keep = {"input_ids", "attention_mask", "token_type_ids"}
-    if task == "embedding" and teacher_tokenizer is not None:
-        from .tasks.embedding import EmbeddingTask, add_teacher_tokens
+    if teacher_tokenizer is not None:
+        from .tasks.tokens import TEACHER_COLUMNS, add_teacher_tokens
 
-        keep |= set(EmbeddingTask.teacher_columns)
+        keep |= set(TEACHER_COLUMNS)
         datasets = {split: add_teacher_tokens(dataset, teacher_tokenizer, text_column, max_length)
                     for split, dataset in datasets.items()}
     if task == "classification":
@@ -335,7 +335,8 @@ class _Run:
     teacher: Any
     #: Every teacher, in the recipe's order (one for a single teacher; ``teacher`` is the first).
     teachers: list[Any]
-    #: A ranking teacher's own tokenizer, when its vocabulary is not the run's (`tokenizer` is then the student's).
+    #: A ranking, embedding or classification teacher's own tokenizer, when its vocabulary is not the run's
+    #: (`tokenizer` is then the student's).
     teacher_tokenizer: Any = None
 
 
@@ -374,10 +375,12 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     teacher_tokenizer = None
     if task_name in _OWN_TEACHER_TOKENS and teacher_ref is not None and not derived and not recipe.ensemble:
         teacher_tokenizer = _own_tokenizer(_tokenizer_source(teacher_ref), tokenizer, trust)
-    if teacher_tokenizer is not None and task_name == "embedding" and recipe.teacher.get("cache"):
-        raise RecipeError([f"`teacher.cache`: the teacher ({teacher_ref}) has its own tokenizer, and an embedding "
-                           "teacher cache of another tokenizer is not supported yet. Remove `teacher.cache` (the "
-                           "teacher runs live) or use a teacher with the student's tokenizer."])
+    if teacher_tokenizer is not None and task_name != "ranking":  # ranking rows stay text: both work there
+        for key in ("cache", "finetune"):
+            if recipe.teacher.get(key):
+                raise RecipeError([f"`teacher.{key}`: the teacher ({teacher_ref}) has its own tokenizer, and a "
+                                   f"{task_name} teacher of another tokenizer cannot be {key}d yet. Remove "
+                                   f"`teacher.{key}` or use a teacher with the student's tokenizer."])
     if teacher_ref is None:
         teacher_config = _config_from_spec(model_spec["config"], tokenizer)
     adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
@@ -422,13 +425,12 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
 
 
 #: Tasks whose teacher reads its own tokens when its tokenizer is not the run's (`TaskAdapter.own_teacher_tokens`).
-_OWN_TEACHER_TOKENS = ("ranking", "embedding")
+_OWN_TEACHER_TOKENS = ("ranking", "embedding", "classification")
 
 
 def _own_tokenizer(reference: str, tokenizer: Any, trust: bool) -> Any:
-    """The tokenizer at ``reference`` (a ranking or embedding teacher's folder or hub id) when its vocabulary differs
-    from the run's ``tokenizer``, so that the teacher reads its own tokens; None when they are the same or it has
-    none."""
+    """The tokenizer at ``reference`` (a teacher's folder or hub id) when its vocabulary differs from the run's
+    ``tokenizer``, so that the teacher reads its own tokens; None when they are the same or it has none."""
     from transformers import AutoTokenizer
 
     try:

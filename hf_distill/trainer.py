@@ -57,9 +57,6 @@ from .teacher import (
 
 logger = logging.get_logger(__name__)
 
-#: Signals of a whole text or pair, comparable between models that tokenise differently.
-_TOKEN_FREE_SIGNALS = frozenset({"embeddings", "scores", "batch_scores"})
-
 __all__ = ["DistillationTrainer", "OBJECTIVES_WEIGHTS_NAME", "EMA_TEACHER_NAME", "last_complete_checkpoint"]
 
 #: File holding the trainable parameters of the objectives (e.g. projections), next to the student's weights.
@@ -351,8 +348,8 @@ class DistillationTrainer(Trainer):
         if given is not None:
             if not self.task.own_teacher_tokens:
                 raise ValueError(
-                    f"`teacher_processing_class` gives the teacher its own tokens, which only tasks whose signals do "
-                    f"not compare tokens accept (task='ranking' or 'embedding'); this run's task is "
+                    f"`teacher_processing_class` gives the teacher its own tokens, which only tasks whose signals are "
+                    f"one per text accept (ranking, embedding, classification); this run's task is "
                     f"{self.task.name!r}. Use a teacher that shares the student's tokenizer and drop "
                     "`teacher_processing_class`."
                 )
@@ -386,26 +383,27 @@ class DistillationTrainer(Trainer):
         return None
 
     def _check_own_tokens(self, args: DistillationConfig) -> None:
-        """What a teacher reading its own tokens cannot do: objectives comparing token positions, and (embedding) a
-        teacher cache, whose builder tokenises with one tokenizer."""
+        """What a teacher reading its own tokens cannot do: objectives comparing token positions, and (except for
+        ranking, whose rows stay text) a teacher cache, whose builder tokenises with one tokenizer."""
         self._check_token_free_objectives()
-        if self.task.name == "embedding" and args.teacher_cache is not None:
-            raise ValueError("`teacher_cache` with a teacher of its own tokenizer is not supported for embeddings yet: "
-                             "unset `teacher_cache` (the teacher runs live) or use a teacher with the student's "
-                             "tokenizer.")
+        if self.task.name != "ranking" and args.teacher_cache is not None:
+            raise ValueError(f"`teacher_cache` with a teacher of its own tokenizer is not supported for the "
+                             f"{self.task.name} task yet: unset `teacher_cache` (the teacher runs live) or use a "
+                             "teacher with the student's tokenizer.")
 
     def _check_token_free_objectives(self) -> None:
         """A teacher reading its own tokens has other token positions than the student: refuse objectives that
         compare hidden states, attentions or module features position by position."""
-        by_token = {item.key: sorted(item.objective.requires - _TOKEN_FREE_SIGNALS) for item in self.objectives
-                    if item.objective.uses_teacher and item.objective.requires - _TOKEN_FREE_SIGNALS}
+        free = self.task.token_free_signals
+        by_token = {item.key: sorted(item.objective.requires - free) for item in self.objectives
+                    if item.objective.uses_teacher and item.objective.requires - free}
         if by_token:
             compared = sorted({signal for signals in by_token.values() for signal in signals})
             raise ValueError(
                 f"The teacher reads its own tokens (its tokenizer differs from the student's), so token positions do "
                 f"not match, but objective(s) {sorted(by_token)} compare {compared} token by token. Use objectives "
-                "on pooled embeddings or scores (embedding_cosine, embedding_mse, similarity_kd, margin_mse, "
-                "listwise_kl), or a teacher that shares the student's tokenizer."
+                "on what is one per text (pooled embeddings, ranking scores, a classifier's logits), or a teacher "
+                "that shares the student's tokenizer."
             )
 
     @staticmethod

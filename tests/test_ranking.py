@@ -644,12 +644,14 @@ def test_a_teacher_path_with_another_tokenizer_gets_its_own_and_a_model_needs_on
         DistillationTrainer(model=_student(minilm), teacher_model=teacher, args=refused, train_dataset=rows,
                             processing_class=tokenizer)
     assert not (tmp_path / "refused").exists()
-    # other tasks refuse it (for now: a classifier's per-example logits would allow it too, not built yet)
-    classifier = config(tmp_path / "classifier", task="classification", objectives=[{"name": "kl"}])
-    with pytest.raises(ValueError, match="task='ranking' or 'embedding'.*'classification'"):
-        DistillationTrainer(model=tiny_bert_classifier(vocab=30522), teacher_model=tiny_bert_classifier(vocab=305),
-                            args=classifier, processing_class=tokenizer, teacher_processing_class=own)
-    assert not (tmp_path / "classifier").exists()
+    # a language model's signals are per token: it refuses a teacher of its own tokens
+    from tests.helpers import tiny_gpt2
+
+    language = config(tmp_path / "language", task="language", objectives=[{"name": "kl"}])
+    with pytest.raises(ValueError, match=r"one per text accept \(ranking, embedding, classification\).*'language'"):
+        DistillationTrainer(model=tiny_gpt2(vocab=30522), teacher_model=tiny_gpt2(vocab=305), args=language,
+                            processing_class=tokenizer, teacher_processing_class=own)
+    assert not (tmp_path / "language").exists()
 
 
 def test_a_ranking_recipe_gives_a_teacher_of_another_vocabulary_its_own_tokenizer(tmp_path, minilm, rows):

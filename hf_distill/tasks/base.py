@@ -123,11 +123,13 @@ class TaskAdapter:
         return None
 
     #: Whether the teacher may read its own tokens (`DistillationTrainer`'s ``teacher_processing_class``): true for
-    #: tasks whose signals do not depend on tokens (a ranker's scores, pooled embeddings), whose data or collator
-    #: then holds each text twice and whose `teacher_view` hands the teacher its own copy.
+    #: tasks whose signals are one per text (a ranker's scores, pooled embeddings, a classifier's logits), whose
+    #: data or collator then holds each text twice and whose `teacher_view` hands the teacher its own copy.
     own_teacher_tokens = False
     #: Dataset columns holding the teacher's own tokens, kept for it when the student's `forward` does not name them.
     teacher_columns: tuple[str, ...] = ()
+    #: The signals that are one per text (or pair), so objectives on them work when the teacher has its own tokens.
+    token_free_signals: frozenset[str] = frozenset()
 
     def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch as the teacher reads it (the same batch, unless the teacher has its own tokens)."""

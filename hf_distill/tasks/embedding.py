@@ -14,8 +14,9 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from ..signals import Signals
 from .base import TASKS, TaskAdapter, base_model_of, token_mask_of, unwrap_model
+from .tokens import TEACHER_COLUMNS, add_teacher_tokens, teacher_token_view, teacher_tokens_collator
 
-__all__ = ["EmbeddingTask", "Pooling", "POOLING_MODES", "pool", "TeacherTokensCollator", "add_teacher_tokens"]
+__all__ = ["EmbeddingTask", "Pooling", "POOLING_MODES", "pool", "add_teacher_tokens"]
 
 POOLING_MODES = ("mean", "cls", "last")
 _BASE_MODELS = frozenset(MODEL_MAPPING_NAMES.values())
@@ -90,47 +91,6 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: Poo
     return embedding
 
 
-_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-_TEACHER = "teacher_"
-
-
-def add_teacher_tokens(dataset: Any, teacher_tokenizer: Any, text_column: str = "text", max_length: int = 256,
-                       **map_kwargs: Any) -> Any:
-    """``dataset`` with its ``text_column`` also tokenised by the teacher's own tokenizer, as ``teacher_input_ids``
-    / ``teacher_attention_mask`` (/ ``teacher_token_type_ids``), for a teacher of another vocabulary
-    (`DistillationTrainer`'s ``teacher_processing_class``)."""
-    def tokenize(batch: dict[str, list]) -> dict[str, list]:
-        encoded = teacher_tokenizer(batch[text_column], truncation=True, max_length=max_length)
-        return {f"{_TEACHER}{key}": value for key, value in encoded.items() if key in _TEXT_KEYS}
-
-    return dataset.map(tokenize, batched=True, **map_kwargs)
-
-
-@dataclass
-class TeacherTokensCollator:
-    """Pad the student's inputs with ``collator`` and the teacher's own (``teacher_input_ids``, ...) with
-    ``teacher_tokenizer``, each to its own length; the teacher's are passed on with their ``teacher_`` prefix."""
-
-    collator: Any
-    teacher_tokenizer: Any
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        missing = [i for i, row in enumerate(features) if f"{_TEACHER}input_ids" not in row]
-        if missing:
-            raise ValueError(
-                f"Rows {missing[:5]} have no `teacher_input_ids`: a teacher with its own tokenizer needs each text "
-                "tokenised by it too. Add them with `hf_distill.tasks.embedding.add_teacher_tokens(dataset, "
-                "teacher_tokenizer)`."
-            )
-        own = [{key[len(_TEACHER):]: row[key] for key in row if key.startswith(_TEACHER) and
-                key[len(_TEACHER):] in _TEXT_KEYS} for row in features]
-        rest = [{key: value for key, value in row.items() if not key.startswith(_TEACHER)} for row in features]
-        batch = dict(self.collator(rest))
-        padded = self.teacher_tokenizer.pad(own, padding=True, return_tensors="pt")
-        batch.update({f"{_TEACHER}{key}": value for key, value in padded.items()})
-        return batch
-
-
 @TASKS.register
 class EmbeddingTask(TaskAdapter):
     """Embedding distillation for any `AutoModel` (BERT, MiniLM, ...): ``Signals.embeddings`` is ``[B, D]``.
@@ -184,28 +144,21 @@ class EmbeddingTask(TaskAdapter):
             self.set_pooling(model, Pooling(mode=mode, normalize=normalize))
 
     #: Pooled embeddings need no shared vocabulary: a teacher of another tokenizer reads its own tokens, from the
-    #: ``teacher_input_ids`` / ``teacher_attention_mask`` columns (`add_teacher_tokens`).
+    #: ``teacher_input_ids`` / ``teacher_attention_mask`` columns (`tokens.add_teacher_tokens`).
     own_teacher_tokens = True
-    teacher_columns = tuple(f"{_TEACHER}{key}" for key in _TEXT_KEYS)
+    teacher_columns = TEACHER_COLUMNS
+    token_free_signals = frozenset({"embeddings"})
 
     def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """With ``teacher_input_ids`` (the teacher's own tokens): those as the teacher's text inputs."""
-        if f"{_TEACHER}input_ids" not in batch:
-            return batch
-        return {key[len(_TEACHER):]: value for key, value in batch.items()
-                if key.startswith(_TEACHER) and key[len(_TEACHER):] in _TEXT_KEYS}
+        return teacher_token_view(batch)
 
     def default_collator(
         self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True,
         teacher_tokenizer: Any = None,
     ) -> Any:
         """Trainer's default (padding with the student's tokenizer), or with a ``teacher_tokenizer``, a
-        `TeacherTokensCollator` padding each model's tokens apart."""
-        if teacher_tokenizer is None or tokenizer is None:
-            return None
-        from transformers import DataCollatorWithPadding
-
-        return TeacherTokensCollator(DataCollatorWithPadding(tokenizer), teacher_tokenizer)
+        `tokens.TeacherTokensCollator` padding each model's tokens apart."""
+        return teacher_tokens_collator(tokenizer, teacher_tokenizer)
 
     def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:
         """Write the sentence-transformers files, so `SentenceTransformer(output_dir)` and `SentenceEncoder` load

@@ -270,6 +270,7 @@ class RankingTask(EmbeddingTask):
         return batches
 
     own_teacher_tokens = True
+    token_free_signals = frozenset({"scores", "batch_scores", "embeddings"})
 
     def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
         """With ``teacher_<key>`` inputs (the teacher's own tokens), the batch with those in place of the student's
