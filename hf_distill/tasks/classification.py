@@ -11,7 +11,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 
 from ..signals import Signals, logit_divergence
 from .base import TASKS, TaskAdapter, base_model_of, token_mask_of
-from .tokens import TEACHER_COLUMNS, teacher_token_view, teacher_tokens_collator
+from .tokens import OwnTeacherTokens
 
 __all__ = ["ClassificationTask"]
 
@@ -19,7 +19,7 @@ _SEQ_CLS = frozenset(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values())
 
 
 @TASKS.register
-class ClassificationTask(TaskAdapter):
+class ClassificationTask(OwnTeacherTokens, TaskAdapter):
     """Logit distillation for `AutoModelForSequenceClassification` models (``logits: [B, num_labels]``).
 
     Items are examples; every example counts. Labels (``[B]``) are optional and only needed by ``ce``.
@@ -53,19 +53,7 @@ class ClassificationTask(TaskAdapter):
 
     #: One logit vector per text: a teacher of another tokenizer (e.g. RoBERTa teaching a BERT student) reads its
     #: own tokens, from the ``teacher_input_ids`` / ``teacher_attention_mask`` columns (`tokens.add_teacher_tokens`).
-    own_teacher_tokens = True
-    teacher_columns = TEACHER_COLUMNS
     token_free_signals = frozenset({"logits"})
-
-    def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return teacher_token_view(batch)
-
-    def default_collator(
-        self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True,
-        teacher_tokenizer: Any = None,
-    ) -> Any:
-        """Trainer's default, or with a ``teacher_tokenizer``, a `tokens.TeacherTokensCollator`."""
-        return teacher_tokens_collator(tokenizer, teacher_tokenizer)
 
     def item_mask(self, batch: dict[str, Any]) -> torch.Tensor:
         reference = batch["input_ids"] if "input_ids" in batch else next(iter(batch.values()))

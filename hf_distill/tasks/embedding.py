@@ -14,7 +14,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from ..signals import Signals
 from .base import TASKS, TaskAdapter, base_model_of, token_mask_of, unwrap_model
-from .tokens import TEACHER_COLUMNS, add_teacher_tokens, teacher_token_view, teacher_tokens_collator
+from .tokens import OwnTeacherTokens, add_teacher_tokens
 
 __all__ = ["EmbeddingTask", "Pooling", "POOLING_MODES", "pool", "add_teacher_tokens"]
 
@@ -92,7 +92,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: Poo
 
 
 @TASKS.register
-class EmbeddingTask(TaskAdapter):
+class EmbeddingTask(OwnTeacherTokens, TaskAdapter):
     """Embedding distillation for any `AutoModel` (BERT, MiniLM, ...): ``Signals.embeddings`` is ``[B, D]``.
 
     Items are texts; every text counts. Student and teacher are pooled with their own `Pooling`, read from their
@@ -145,20 +145,7 @@ class EmbeddingTask(TaskAdapter):
 
     #: Pooled embeddings need no shared vocabulary: a teacher of another tokenizer reads its own tokens, from the
     #: ``teacher_input_ids`` / ``teacher_attention_mask`` columns (`tokens.add_teacher_tokens`).
-    own_teacher_tokens = True
-    teacher_columns = TEACHER_COLUMNS
     token_free_signals = frozenset({"embeddings"})
-
-    def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return teacher_token_view(batch)
-
-    def default_collator(
-        self, tokenizer: Any, args: Any, student: nn.Module, teacher: nn.Module | None, training: bool = True,
-        teacher_tokenizer: Any = None,
-    ) -> Any:
-        """Trainer's default (padding with the student's tokenizer), or with a ``teacher_tokenizer``, a
-        `tokens.TeacherTokensCollator` padding each model's tokens apart."""
-        return teacher_tokens_collator(tokenizer, teacher_tokenizer)
 
     def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:
         """Write the sentence-transformers files, so `SentenceTransformer(output_dir)` and `SentenceEncoder` load

@@ -4,7 +4,7 @@ another vocabulary can teach (`DistillationTrainer`'s ``teacher_processing_class
 
 The data holds the teacher's tokens in ``teacher_input_ids`` / ``teacher_attention_mask`` (/
 ``teacher_token_type_ids``) columns (`add_teacher_tokens`); `TeacherTokensCollator` pads each model's tokens apart;
-`teacher_token_view` hands the teacher its own.
+`OwnTeacherTokens` hands the teacher its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TEACHER_COLUMNS", "TeacherTokensCollator", "add_teacher_tokens", "teacher_token_view"]
+__all__ = ["TEACHER_COLUMNS", "OwnTeacherTokens", "TeacherTokensCollator", "add_teacher_tokens"]
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 _TEACHER = "teacher_"
@@ -55,19 +55,27 @@ class TeacherTokensCollator:
         return batch
 
 
-def teacher_token_view(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch with the teacher's own tokens as its text inputs (labels and other keys kept); the batch itself when
-    it holds none."""
-    if f"{_TEACHER}input_ids" not in batch:
-        return batch
-    rest = {key: value for key, value in batch.items() if key not in _TEXT_KEYS and key not in TEACHER_COLUMNS}
-    return {**rest, **{key[len(_TEACHER):]: batch[key] for key in TEACHER_COLUMNS if key in batch}}
+class OwnTeacherTokens:
+    """Mixed into a `TaskAdapter` whose signals are one per text and whose data holds the teacher's own tokens in
+    `TEACHER_COLUMNS`: the teacher reads those (`teacher_view`), and the default collator pads each model's apart."""
 
+    own_teacher_tokens = True
+    teacher_columns = TEACHER_COLUMNS
 
-def teacher_tokens_collator(tokenizer: Any, teacher_tokenizer: Any) -> TeacherTokensCollator | None:
-    """The default collator of a task whose data holds the teacher's own tokens: padding each model's apart."""
-    if teacher_tokenizer is None or tokenizer is None:
-        return None
-    from transformers import DataCollatorWithPadding
+    def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch with the teacher's own tokens as its text inputs (labels and other keys kept); the batch itself
+        when it holds none."""
+        if f"{_TEACHER}input_ids" not in batch:
+            return batch
+        rest = {key: value for key, value in batch.items() if key not in _TEXT_KEYS and key not in TEACHER_COLUMNS}
+        return {**rest, **{key[len(_TEACHER):]: batch[key] for key in TEACHER_COLUMNS if key in batch}}
 
-    return TeacherTokensCollator(DataCollatorWithPadding(tokenizer), teacher_tokenizer)
+    def default_collator(self, tokenizer: Any, args: Any, student: Any, teacher: Any, training: bool = True,
+                         teacher_tokenizer: Any = None) -> Any:
+        """Trainer's default (None: padding with the student's tokenizer), or with a ``teacher_tokenizer``, a
+        `TeacherTokensCollator` padding each model's tokens apart."""
+        if teacher_tokenizer is None or tokenizer is None:
+            return None
+        from transformers import DataCollatorWithPadding
+
+        return TeacherTokensCollator(DataCollatorWithPadding(tokenizer), teacher_tokenizer)
