@@ -85,9 +85,10 @@ class DistillationTrainer(Trainer):
             ``teacher_is_student_base`` in the config, the teacher is the student's base model (adapters off).
         teacher_processing_class: the teacher's own tokenizer, for a teacher of another architecture whose
             vocabulary differs from the student's: every text is then tokenised twice, once for each model (ranking:
-            by the collator; embedding: the data's ``teacher_input_ids`` columns, `tasks.embedding.add_teacher_tokens`).
-            A teacher given as a path or hub id whose tokenizer differs gets its own without this. Only tasks whose
-            signals do not compare tokens accept it (`ranking`, `embedding`), and only objectives on those signals.
+            by the collator; embedding, classification: the data's ``teacher_input_ids`` columns,
+            `tasks.tokens.add_teacher_tokens`). A teacher given as a path or hub id whose tokenizer differs gets its
+            own without this. Only tasks whose signals are one per text accept it (`ranking`, `embedding`,
+            `classification`), and only objectives on those signals (docs/teacher-tokenizer.md).
         **kwargs: everything else `Trainer` accepts (``train_dataset``, ``eval_dataset``, ``data_collator``,
             ``processing_class``, ``compute_metrics``, ``callbacks``, ...).
 
@@ -341,9 +342,9 @@ class DistillationTrainer(Trainer):
                                student: nn.Module, tokenizer: Any, ensemble: bool, args: DistillationConfig) -> Any:
         """The tokenizer the teacher reads its own tokens with, or None when it reads the student's: the given
         `teacher_processing_class`, else (tasks with `own_teacher_tokens`) the one next to a teacher given as a path
-        or hub id whose vocabulary differs from the student's. Refuses, before any work, a teacher whose vocabulary
-        size differs from the student's with no tokenizer of its own: it would read the student's ids as other
-        tokens."""
+        or hub id whose vocabulary differs from the student's. Refuses, before any work, a teacher whose vocabulary is
+        smaller than the student's with no tokenizer of its own (the student's ids do not all exist for it), and
+        warns when it is larger (a padded embedding table, or another tokenizer: only the user can tell)."""
         given = getattr(given, "tokenizer", given)
         if given is not None:
             if not self.task.own_teacher_tokens:
@@ -372,14 +373,19 @@ class DistillationTrainer(Trainer):
         size = getattr(base_model_of(student).config, "vocab_size", None)
         for k, teacher in enumerate(teachers):
             theirs = getattr(base_model_of(teacher).config, "vocab_size", None)
-            if size is not None and theirs is not None and theirs != size:
+            if size is None or theirs is None or theirs == size:
+                continue
+            fix = ("Pass the teacher's own tokenizer as `teacher_processing_class=AutoTokenizer.from_pretrained("
+                   "<teacher>)`." if one else "A teacher with its own tokenizer must be the only teacher.")
+            named = f"`teacher_model[{k}]`: " if ensemble else ""
+            if theirs < size:
                 raise ValueError(
-                    f"{f'`teacher_model[{k}]`: ' if ensemble else ''}The teacher's vocabulary has {theirs} tokens and "
-                    f"the student's {size}: they do not share a tokenizer, so the teacher would read the student's "
-                    "token ids as other tokens. "
-                    + ("Pass the teacher's own tokenizer as `teacher_processing_class=AutoTokenizer.from_pretrained("
-                       "<teacher>)`." if one else "A teacher with its own tokenizer must be the only teacher.")
+                    f"{named}The teacher's vocabulary has {theirs} tokens and the student's {size}: they do not share "
+                    f"a tokenizer, so the teacher would read the student's token ids as other tokens. {fix}"
                 )
+            logger.warning(f"{named}The teacher's vocabulary has {theirs} tokens and the student's {size}; it reads "
+                           f"the student's tokens, as if its table were the same tokenizer's, padded. If its tokenizer "
+                           f"is another one: {fix}")
         return None
 
     def _check_own_tokens(self, args: DistillationConfig) -> None:

@@ -628,7 +628,8 @@ def test_a_cross_encoder_teacher_joins_query_and_passage_with_its_own_tokenizer(
     trainer.train()
 
 
-def test_a_teacher_path_with_another_tokenizer_gets_its_own_and_a_model_needs_one(tmp_path, tokenizer, minilm, rows):
+def test_a_teacher_path_with_another_tokenizer_gets_its_own_and_a_model_needs_one(tmp_path, tokenizer, minilm, rows,
+                                                                                   caplog):
     own = _word_tokenizer(rows)
     teacher = _own_vocabulary_teacher(len(own))
     teacher.save_pretrained(tmp_path / "teacher")
@@ -644,6 +645,14 @@ def test_a_teacher_path_with_another_tokenizer_gets_its_own_and_a_model_needs_on
         DistillationTrainer(model=_student(minilm), teacher_model=teacher, args=refused, train_dataset=rows,
                             processing_class=tokenizer)
     assert not (tmp_path / "refused").exists()
+    # a larger table may be the student's tokenizer padded (only the user can tell): a warning, not a refusal
+    import logging
+
+    wider = _own_vocabulary_teacher(30600)
+    with caplog.at_level(logging.WARNING):
+        DistillationTrainer(model=_student(minilm), teacher_model=wider, train_dataset=rows, processing_class=tokenizer,
+                            args=config(tmp_path / "wider", task="ranking", objectives=[{"name": "margin_mse"}]))
+    assert "has 30600 tokens and the student's 30522" in caplog.text and "teacher_processing_class" in caplog.text
     # a language model's signals are per token: it refuses a teacher of its own tokens
     from tests.helpers import tiny_gpt2
 
