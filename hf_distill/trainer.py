@@ -86,9 +86,10 @@ class DistillationTrainer(Trainer):
         teacher_processing_class: the teacher's own tokenizer, for a teacher of another architecture whose
             vocabulary differs from the student's: every text is then tokenised twice, once for each model (ranking:
             by the collator; embedding, classification: the data's ``teacher_input_ids`` columns,
-            `tasks.tokens.add_teacher_tokens`). A teacher given as a path or hub id whose tokenizer differs gets its
-            own without this. Only tasks whose signals are one per text accept it (`ranking`, `embedding`,
-            `classification`), and only objectives on those signals (docs/teacher-tokenizer.md).
+            `tasks.tokens.add_teacher_tokens`). A teacher given as a path or hub id, or loaded from a local folder
+            with its tokenizer, whose tokenizer differs gets its own without this. Only tasks whose signals are one
+            per text accept it (`ranking`, `embedding`, `classification`), and only objectives on those signals
+            (docs/teacher-tokenizer.md).
         **kwargs: everything else `Trainer` accepts (``train_dataset``, ``eval_dataset``, ``data_collator``,
             ``processing_class``, ``compute_metrics``, ``callbacks``, ...).
 
@@ -342,9 +343,10 @@ class DistillationTrainer(Trainer):
                                student: nn.Module, tokenizer: Any, ensemble: bool, args: DistillationConfig) -> Any:
         """The tokenizer the teacher reads its own tokens with, or None when it reads the student's: the given
         `teacher_processing_class`, else (tasks with `own_teacher_tokens`) the one next to a teacher given as a path
-        or hub id whose vocabulary differs from the student's. Refuses, before any work, a teacher whose vocabulary is
-        smaller than the student's with no tokenizer of its own (the student's ids do not all exist for it), and
-        warns when it is larger (a padded embedding table, or another tokenizer: only the user can tell)."""
+        or hub id, or loaded from a local folder, whose vocabulary differs from the student's. Refuses, before any
+        work, a teacher whose vocabulary is smaller than the student's with no tokenizer of its own (the student's
+        ids do not all exist for it), and warns when it is larger (a padded embedding table, or another tokenizer:
+        only the user can tell)."""
         given = getattr(given, "tokenizer", given)
         if given is not None:
             if not self.task.own_teacher_tokens:
@@ -364,8 +366,12 @@ class DistillationTrainer(Trainer):
         if not self.task.own_teacher_tokens:
             return None
         one = not ensemble and len(teachers) == 1
-        if one and teacher_inputs and isinstance(teacher_inputs[0], str) and hasattr(tokenizer, "get_vocab"):
-            own = _teacher_tokenizer(teacher_inputs[0])
+        if one and teacher_inputs and hasattr(tokenizer, "get_vocab"):
+            # a path or hub id, or a model loaded from a local folder that holds its tokenizer
+            folder = getattr(base_model_of(teachers[0]), "name_or_path", None)
+            source = teacher_inputs[0] if isinstance(teacher_inputs[0], str) else (
+                folder if isinstance(folder, str) and folder and os.path.isdir(folder) else None)
+            own = _teacher_tokenizer(source) if source else None
             if own is not None and own.get_vocab() != tokenizer.get_vocab():
                 logger.info("The teacher's tokenizer differs from the student's: the teacher reads its own tokens.")
                 self._check_own_tokens(args)

@@ -639,6 +639,10 @@ def test_a_teacher_path_with_another_tokenizer_gets_its_own_and_a_model_needs_on
     trainer = DistillationTrainer(model=_student(minilm), teacher_model=str(tmp_path / "teacher"), args=args,
                                   train_dataset=rows, processing_class=tokenizer)
     assert trainer.data_collator.teacher.tokenizer.get_vocab() == own.get_vocab()
+    # ... and so does a teacher model loaded from that folder
+    loaded = DistillationTrainer(model=_student(minilm), teacher_model=AutoModel.from_pretrained(tmp_path / "teacher"),
+                                 args=args, train_dataset=rows, processing_class=tokenizer)
+    assert loaded.data_collator.teacher.tokenizer.get_vocab() == own.get_vocab()
     # a teacher model over another vocabulary, with no tokenizer of its own: refused before any work
     refused = config(tmp_path / "refused", task="ranking", objectives=[{"name": "margin_mse"}], max_steps=1)
     with pytest.raises(ValueError, match=r"has 305 tokens and the student's 30522.*teacher_processing_class"):
