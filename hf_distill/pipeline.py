@@ -306,11 +306,11 @@ def _image_processor(recipe: Recipe, teacher_ref: str | None) -> Any:
         return None
 
 
-def _collator(task: str, causal: bool, tokenizer: Any) -> Any:
+def _collator(task: str, causal: bool, tokenizer: Any, teacher_tokenizer: Any = None) -> Any:
     from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, default_data_collator
 
-    if task == "ranking":
-        return None  # the trainer builds the task's RankingCollator for its two models
+    if task == "ranking" or teacher_tokenizer is not None:
+        return None  # the trainer builds the task's own (RankingCollator, TeacherTokensCollator) for its two models
     if task == "vision":
         return default_data_collator  # stacks pixel_values; `label` becomes `labels`
     if task in ("classification", "embedding"):
@@ -372,22 +372,20 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=trust)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-    teacher_tokenizer = None
-    if task_name in _OWN_TEACHER_TOKENS and teacher_ref is not None and not derived and not recipe.ensemble:
-        teacher_tokenizer = _own_tokenizer(_tokenizer_source(teacher_ref), tokenizer, trust)
+    if teacher_ref is None:
+        teacher_config = _config_from_spec(model_spec["config"], tokenizer)
+    adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
+    teacher_tokenizer = None if derived or recipe.ensemble else _own_tokenizer(adapter, teacher_ref, tokenizer, trust)
     if teacher_tokenizer is not None and task_name != "ranking":  # ranking rows stay text: both work there
         for key in ("cache", "finetune"):
             if recipe.teacher.get(key):
                 raise RecipeError([f"`teacher.{key}`: the teacher ({teacher_ref}) has its own tokenizer, and a "
                                    f"{task_name} teacher of another tokenizer cannot be {key}d yet. Remove "
                                    f"`teacher.{key}` or use a teacher with the student's tokenizer."])
-    if teacher_ref is None:
-        teacher_config = _config_from_spec(model_spec["config"], tokenizer)
-    adapter = _adapter(task_name, (teacher_config.architectures or [""])[0])
     causal = getattr(adapter, "causal", False)
     model_kwargs = _model_kwargs(recipe, task_name, raw["train"])
     data = _tokenize(raw, tokenizer, task_name, causal, recipe, teacher_tokenizer)
-    collator = None if teacher_tokenizer is not None else _collator(task_name, causal, tokenizer)  # the task's own
+    collator = _collator(task_name, causal, tokenizer, teacher_tokenizer)
     teachers = []
     for k, spec in enumerate(recipe.teachers):
         torch.manual_seed(config.seed + k)  # teachers built from the same `config` still start differently
@@ -424,17 +422,15 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
                 teacher_tokenizer)
 
 
-#: Tasks whose teacher reads its own tokens when its tokenizer is not the run's (`TaskAdapter.own_teacher_tokens`).
-_OWN_TEACHER_TOKENS = ("ranking", "embedding", "classification")
-
-
-def _own_tokenizer(reference: str, tokenizer: Any, trust: bool) -> Any:
-    """The tokenizer at ``reference`` (a teacher's folder or hub id) when its vocabulary differs from the run's
-    ``tokenizer``, so that the teacher reads its own tokens; None when they are the same or it has none."""
+def _own_tokenizer(adapter: Any, reference: Any, tokenizer: Any, trust: bool) -> Any:
+    """The tokenizer of the teacher at ``reference`` (a folder or hub id) when its vocabulary differs from the run's
+    ``tokenizer`` and the task lets a teacher read its own tokens (`TaskAdapter.own_teacher_tokens`); else None."""
     from transformers import AutoTokenizer
 
+    if not isinstance(reference, str) or not adapter.own_teacher_tokens:
+        return None
     try:
-        own = AutoTokenizer.from_pretrained(reference, trust_remote_code=trust)
+        own = AutoTokenizer.from_pretrained(_tokenizer_source(reference), trust_remote_code=trust)
     except (OSError, ValueError):
         return None  # a teacher folder without a tokenizer reads the run's (the trainer checks the vocabulary size)
     return own if own.get_vocab() != tokenizer.get_vocab() else None
@@ -775,11 +771,11 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any] |
         torch.manual_seed(config.seed)
         teachers = _load_model(adapter, base_ref, **model_kwargs)
     causal = getattr(adapter, "causal", False)
-    teacher_tokenizer = None  # a teacher of another vocabulary (a path: the trainer gives it its own tokenizer)
-    if task_name in _OWN_TEACHER_TOKENS and isinstance(teachers, str) and not recipe.ensemble:
-        teacher_tokenizer = _own_tokenizer(_tokenizer_source(teachers), tokenizer, _trusts_remote_code(recipe))
+    # a teacher of another vocabulary (a path here) reads its own tokens
+    teacher_tokenizer = None if recipe.ensemble else _own_tokenizer(adapter, teachers, tokenizer,
+                                                                    _trusts_remote_code(recipe))
     data = _tokenize({"eval": raw["eval"]}, tokenizer, task_name, causal, recipe, teacher_tokenizer)
-    collator = None if teacher_tokenizer is not None else _collator(task_name, causal, tokenizer)
+    collator = _collator(task_name, causal, tokenizer, teacher_tokenizer)
     if recipe.ensemble:  # each listed teacher loaded with its own dtype and init_kwargs
         from .config import _DTYPE_ALIASES
         from .teacher import load_teacher
@@ -800,7 +796,8 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any] |
         if not (out / EMA_TEACHER_NAME).is_file():
             raise RecipeError([f"{str(out)!r} has no {EMA_TEACHER_NAME}: the moving-average teacher was not saved."])
     trainer = DistillationTrainer(model=student, teacher_model=teachers, args=config,
-                                  eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer)
+                                  eval_dataset=data["eval"], data_collator=collator, processing_class=tokenizer,
+                                  teacher_processing_class=teacher_tokenizer)
     if ema:
         trainer.teacher_model.load_state_dict(load_file(out / EMA_TEACHER_NAME, device=str(config.device)))
     metrics = trainer.evaluate()

@@ -245,8 +245,12 @@ class DistillationTrainer(Trainer):
         for item in self.objectives:
             item.objective.setup(self.task, model, setup_teacher)
         tokenizer = kwargs.get("processing_class")
-        teacher_tokenizer = self._own_teacher_tokenizer(teacher_processing_class, teacher_inputs, teachers, model,
-                                                        getattr(tokenizer, "tokenizer", tokenizer), ensemble, args)
+        # the tokenizer next to each teacher given as a path or hub id, loaded once for the checks below
+        path_tokenizers = [None if teacher_processing_class is not None else _teacher_tokenizer(given)
+                           for given in teacher_inputs]
+        teacher_tokenizer = self._own_teacher_tokenizer(teacher_processing_class, teacher_inputs, path_tokenizers,
+                                                        teachers, model, getattr(tokenizer, "tokenizer", tokenizer),
+                                                        ensemble, args)
         #: The teacher's own tokenizer when it reads its own tokens (`teacher_processing_class`), else None.
         self.teacher_processing_class = teacher_tokenizer
         logit_widths: list[int | None] = []
@@ -254,8 +258,7 @@ class DistillationTrainer(Trainer):
             with _naming_teacher(k, ensemble):
                 logit_widths.append(shared_logit_width(
                     self.task, model, prepared, getattr(tokenizer, "tokenizer", tokenizer),
-                    None if teacher_tokenizer is not None or k >= len(teacher_inputs)
-                    else _teacher_tokenizer(teacher_inputs[k]),
+                    None if teacher_tokenizer is not None or k >= len(path_tokenizers) else path_tokenizers[k],
                 ))
         logit_width = logit_widths[0] if logit_widths else None
         if cache is not None and teacher is None:
@@ -339,8 +342,9 @@ class DistillationTrainer(Trainer):
             teacher = torch.compile(teacher)
         return teacher
 
-    def _own_teacher_tokenizer(self, given: Any, teacher_inputs: list[Any], teachers: list[nn.Module],
-                               student: nn.Module, tokenizer: Any, ensemble: bool, args: DistillationConfig) -> Any:
+    def _own_teacher_tokenizer(self, given: Any, teacher_inputs: list[Any], path_tokenizers: list[Any],
+                               teachers: list[nn.Module], student: nn.Module, tokenizer: Any, ensemble: bool,
+                               args: DistillationConfig) -> Any:
         """The tokenizer the teacher reads its own tokens with, or None when it reads the student's: the given
         `teacher_processing_class`, else (tasks with `own_teacher_tokens`) the one next to a teacher given as a path
         or hub id, or loaded from a local folder, whose vocabulary differs from the student's. Refuses, before any
@@ -369,9 +373,8 @@ class DistillationTrainer(Trainer):
         if one and teacher_inputs and hasattr(tokenizer, "get_vocab"):
             # a path or hub id, or a model loaded from a local folder that holds its tokenizer
             folder = getattr(base_model_of(teachers[0]), "name_or_path", None)
-            source = teacher_inputs[0] if isinstance(teacher_inputs[0], str) else (
-                folder if isinstance(folder, str) and folder and os.path.isdir(folder) else None)
-            own = _teacher_tokenizer(source) if source else None
+            own = path_tokenizers[0] if isinstance(teacher_inputs[0], str) else (
+                _teacher_tokenizer(folder) if isinstance(folder, str) and folder and os.path.isdir(folder) else None)
             if own is not None and own.get_vocab() != tokenizer.get_vocab():
                 logger.info("The teacher's tokenizer differs from the student's: the teacher reads its own tokens.")
                 self._check_own_tokens(args)

@@ -27,12 +27,12 @@ from ..signals import Signals
 from .base import TASKS, base_model_of, unwrap_model
 from .classification import ClassificationTask
 from .embedding import EmbeddingTask, Pooling, pool
+from .tokens import TEACHER_PREFIX, TEXT_KEYS
 
 __all__ = ["RankingTask", "RankingCollator", "RANKING_SIMILARITIES", "negatives_of"]
 
 RANKING_SIMILARITIES = ("auto", "dot", "cosine")
 BI_ENCODER, CROSS_ENCODER = "bi-encoder", "cross-encoder"
-_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def negatives_of(row: dict[str, Any]) -> list[str]:
@@ -109,7 +109,7 @@ class RankingCollator:
 
     def _encode(self, prefix: str, *texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(*texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return {f"{prefix}_{k}": v for k, v in encoded.items() if k in _TEXT_KEYS}
+        return {f"{prefix}_{k}": v for k, v in encoded.items() if k in TEXT_KEYS}
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         candidates = self._candidates(rows)
@@ -135,17 +135,16 @@ class RankingCollator:
                     )
             batch["teacher_scores"] = torch.tensor([list(v)[:width] for v in scores], dtype=torch.float32)
         if self.teacher is not None:
-            own = self.teacher([{k: v for k, v in row.items() if k != self.teacher_scores_column} for row in rows])
-            batch.update({f"{_TEACHER}{key}": value for key, value in own.items() if key != "labels"})
+            own = self.teacher(rows)  # its own scores column is None: it collates text only
+            batch.update({f"{TEACHER_PREFIX}{key}": value for key, value in own.items() if key != "labels"})
         return batch
 
 
-_TEACHER = "teacher_"
 _PREFIXES = ("query_", "doc_", "pair_")
 
 
 def _sub_batch(batch: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {key: batch[f"{prefix}_{key}"] for key in _TEXT_KEYS if f"{prefix}_{key}" in batch}
+    return {key: batch[f"{prefix}_{key}"] for key in TEXT_KEYS if f"{prefix}_{key}" in batch}
 
 
 @TASKS.register
@@ -275,11 +274,11 @@ class RankingTask(EmbeddingTask):
     def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
         """With ``teacher_<key>`` inputs (the teacher's own tokens), the batch with those in place of the student's
         text inputs; else the batch itself."""
-        own = {key[len(_TEACHER):]: value for key, value in batch.items()
-               if key.startswith(_TEACHER) and key[len(_TEACHER):].startswith(_PREFIXES)}
+        own = {key[len(TEACHER_PREFIX):]: value for key, value in batch.items()
+               if key.startswith(TEACHER_PREFIX) and key[len(TEACHER_PREFIX):].startswith(_PREFIXES)}
         if not own:
             return batch
-        rest = {key: value for key, value in batch.items() if not key.startswith((_TEACHER, *_PREFIXES))}
+        rest = {key: value for key, value in batch.items() if not key.startswith((TEACHER_PREFIX, *_PREFIXES))}
         return {**rest, **own}
 
     def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TEACHER_COLUMNS", "OwnTeacherTokens", "TeacherTokensCollator", "add_teacher_tokens"]
+__all__ = ["TEACHER_COLUMNS", "TEACHER_PREFIX", "TEXT_KEYS", "OwnTeacherTokens", "TeacherTokensCollator",
+           "add_teacher_tokens"]
 
-_TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-_TEACHER = "teacher_"
+#: The tokenizer outputs a text model reads.
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+#: What the teacher's own copy of an input is prefixed with in a batch.
+TEACHER_PREFIX = "teacher_"
 #: The columns that hold the teacher's own tokens.
-TEACHER_COLUMNS = tuple(f"{_TEACHER}{key}" for key in _TEXT_KEYS)
+TEACHER_COLUMNS = tuple(f"{TEACHER_PREFIX}{key}" for key in TEXT_KEYS)
 
 
 def add_teacher_tokens(dataset: Any, teacher_tokenizer: Any, text_column: str = "text", max_length: int = 256,
@@ -26,7 +29,7 @@ def add_teacher_tokens(dataset: Any, teacher_tokenizer: Any, text_column: str = 
     / ``teacher_attention_mask`` (/ ``teacher_token_type_ids``), cut to ``max_length``."""
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         encoded = teacher_tokenizer(batch[text_column], truncation=True, max_length=max_length)
-        return {f"{_TEACHER}{key}": value for key, value in encoded.items() if key in _TEXT_KEYS}
+        return {f"{TEACHER_PREFIX}{key}": value for key, value in encoded.items() if key in TEXT_KEYS}
 
     return dataset.map(tokenize, batched=True, **map_kwargs)
 
@@ -40,18 +43,18 @@ class TeacherTokensCollator:
     teacher_tokenizer: Any
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        missing = [i for i, row in enumerate(features) if f"{_TEACHER}input_ids" not in row]
+        missing = [i for i, row in enumerate(features) if f"{TEACHER_PREFIX}input_ids" not in row]
         if missing:
             raise ValueError(
                 f"Rows {missing[:5]} have no `teacher_input_ids`: a teacher with its own tokenizer needs each text "
                 "tokenised by it too. Add them with `hf_distill.tasks.tokens.add_teacher_tokens(dataset, "
                 "teacher_tokenizer)`."
             )
-        own = [{key[len(_TEACHER):]: row[key] for key in TEACHER_COLUMNS if key in row} for row in features]
+        own = [{key[len(TEACHER_PREFIX):]: row[key] for key in TEACHER_COLUMNS if key in row} for row in features]
         rest = [{key: value for key, value in row.items() if key not in TEACHER_COLUMNS} for row in features]
         batch = dict(self.collator(rest))
         padded = self.teacher_tokenizer.pad(own, padding=True, return_tensors="pt")
-        batch.update({f"{_TEACHER}{key}": value for key, value in padded.items()})
+        batch.update({f"{TEACHER_PREFIX}{key}": value for key, value in padded.items()})
         return batch
 
 
@@ -65,10 +68,10 @@ class OwnTeacherTokens:
     def teacher_view(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch with the teacher's own tokens as its text inputs (labels and other keys kept); the batch itself
         when it holds none."""
-        if f"{_TEACHER}input_ids" not in batch:
+        if f"{TEACHER_PREFIX}input_ids" not in batch:
             return batch
-        rest = {key: value for key, value in batch.items() if key not in _TEXT_KEYS and key not in TEACHER_COLUMNS}
-        return {**rest, **{key[len(_TEACHER):]: batch[key] for key in TEACHER_COLUMNS if key in batch}}
+        rest = {key: value for key, value in batch.items() if key not in TEXT_KEYS and key not in TEACHER_COLUMNS}
+        return {**rest, **{key[len(TEACHER_PREFIX):]: batch[key] for key in TEACHER_COLUMNS if key in batch}}
 
     def default_collator(self, tokenizer: Any, args: Any, student: Any, teacher: Any, training: bool = True,
                          teacher_tokenizer: Any = None) -> Any:
