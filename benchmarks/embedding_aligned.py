@@ -9,7 +9,7 @@ shuffled with the seed, cut to 64 tokens; one epoch of 32 texts per step. The ob
 teacher's 1, 4, 6 (each can be switched off)::
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/embedding_aligned.py [--layers 0,3,5] [--projection]
-        [--hidden-weight 3] [--no-similarity] [--no-hidden] [--learning-rate 5e-4] [--seed 0]
+        [--hidden-weight 3] [--no-similarity] [--no-hidden] [--learning-rate 5e-4] [--batch-size 32] [--seed 0]
 
 It prints one JSON line (the options, training seconds, every retrieval figure) and the aligned nDCG@10 as a share
 of the teacher's. Deterministic for the same options and machine (seed 0, default options: 0.5439 aligned).
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=2500, help="training passages besides the first paragraphs")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per step")
     parser.add_argument("--projection", action="store_true", help="a learned projection on embedding_cosine")
     parser.add_argument("--hidden-weight", type=float, default=1.0)
     parser.add_argument("--no-hidden", action="store_true", help="without hidden_mse")
@@ -68,8 +69,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         config = DistillationConfig(
             output_dir=out, task="embedding", objectives=objectives, seed=args.seed, num_train_epochs=args.epochs,
-            learning_rate=args.learning_rate, per_device_train_batch_size=32, warmup_steps=10, report_to="none",
-            save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=50,
+            learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size, warmup_steps=10,
+            report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=50,
         )
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, train_dataset=data,
                                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)

@@ -11,8 +11,9 @@ Layout of a cache folder::
 Each row holds, for the positions the task counts (tokens with a label for language models, the example for
 classifiers, the text for embeddings, the query for rankers): ``num_items`` and, flattened, either the full
 ``logits``, or a top-k support ``topk_logits`` + ``topk_indices`` + ``tail_mass`` (see
-`losses.topk_divergence`), or ``embeddings``, or the ranking ``scores`` of every candidate; optionally chosen
-``hidden_states.<layer>`` at every attended token (``num_tokens`` of them).
+`losses.topk_divergence`), or ``embeddings``, or the ranking ``scores`` of every candidate (for a bi-encoder
+optionally also ``query_embeddings`` and ``candidate_embeddings``, from which in-batch scores are computed); optionally
+chosen ``hidden_states.<layer>`` at every attended token (``num_tokens`` of them).
 
 The fingerprint covers the teacher's weights, the data's contents, the tokenizer's vocabulary, the task's settings
 (pooling, similarity, ...) and the cache's own settings; a cache whose fingerprint does not match the run is
@@ -231,9 +232,16 @@ class TeacherCache:
     def hidden_layers(self) -> list[int]:
         return list(self.metadata.get("hidden_layers") or [])
 
+    @property
+    def in_batch_negatives(self) -> bool:
+        """Whether it kept a bi-encoder ranker's embeddings, so in-batch scores (``batch_scores``) can be computed."""
+        return bool(self.metadata.get("in_batch_negatives"))
+
     def provides(self) -> frozenset[str]:
         """The `Signals` fields this cache gives back (``logits`` stands for full logits or a top-k support)."""
         fields = {self.signal} | ({"hidden_states"} if self.hidden_layers else set())
+        if self.in_batch_negatives:
+            fields |= {"batch_scores", "candidate_embeddings"}
         return frozenset(fields)
 
     def split_of(self, dataset: Any, fingerprint: str | None = None) -> str | None:
@@ -284,6 +292,13 @@ class TeacherCache:
         signals = Signals(mask=mask)
         if self.signal == "scores":
             signals.scores = self._scores(table, device)
+            if self.in_batch_negatives:  # `batch_scores` follow once the task knows the batch's candidates
+                signals.embeddings = self._loaded_column(table, "query_embeddings").to(device)
+                candidates = self._loaded_column(table, "candidate_embeddings")
+                lengths = table.column("candidate_embeddings").combine_chunks().value_lengths().to_numpy()
+                rows = torch.split(candidates, (lengths // candidates.shape[-1]).tolist())
+                width = min(len(row) for row in rows)
+                signals.candidate_embeddings = torch.stack([row[:width] for row in rows]).to(device)
         elif self.signal == "logits" and self.top_k is not None:
             signals.topk_logits = self._placed(table, "topk_logits", per_row, fill=0.0).to(device)
             indices = self._placed(table, "topk_indices", per_row, fill=0, raw=True).long()
@@ -316,6 +331,10 @@ class TeacherCache:
         out = torch.full((*per_row.shape, width), fill, dtype=values.dtype)
         out.view(-1, width).index_copy_(0, where.nonzero().squeeze(1), values.view(-1, width))
         return out
+
+    def _loaded_column(self, table: Any, column: str) -> torch.Tensor:
+        """``[n, width]``: a column's stored items, all rows one after the other."""
+        return _loaded(_flat(table, column), self.dtype).float().view(-1, self.metadata["widths"][column])
 
     def _scores(self, table: Any, device: torch.device) -> torch.Tensor:
         """``[B, C]``: every cached candidate score of each row (rows may have cached more candidates than the batch
@@ -449,6 +468,7 @@ def cache_teacher(
     top_k: int | None = None,
     dtype: str = "float32",
     hidden_layers: list[int] | None = None,
+    in_batch_negatives: bool = False,
     batch_size: int = 32,
     shard_rows: int = 2048,
     overwrite: bool = False,
@@ -470,6 +490,9 @@ def cache_teacher(
         dtype: storage dtype of the float signals, ``float32``, ``float16`` or ``bfloat16``; tail masses are
             always float32.
         hidden_layers: also store these hidden states (0 = embeddings output) at every attended token.
+        in_batch_negatives: for a bi-encoder ranking teacher, also store its query and candidate embeddings, so that
+            objectives with ``in_batch_negatives`` (every query against every passage of the batch) can train from
+            the cache: the in-batch scores are computed from them for whatever batches the trainer draws.
         batch_size: teacher batch size.
         shard_rows: rows per resumable shard; an interrupted run restarts from its last finished shard.
         overwrite: replace a cache with another fingerprint in ``output_dir`` (otherwise `StaleCacheError`).
@@ -514,6 +537,11 @@ def cache_teacher(
     if top_k is not None and adapter.cached_signal != "logits":
         raise ValueError(f"`top_k` applies to logits (language models, classifiers); the {adapter.name!r} task caches "
                          f"{adapter.cached_signal}. Leave top_k unset.")
+    if not isinstance(in_batch_negatives, bool):
+        raise ValueError(f"`in_batch_negatives` must be true or false, got {in_batch_negatives!r}.")
+    if in_batch_negatives and adapter.name != "ranking":
+        raise ValueError(f"`in_batch_negatives` keeps a ranking teacher's embeddings; the {adapter.name!r} task has "
+                         "no in-batch scores. Leave it unset.")
     if hidden_layers and adapter.raw_rows:
         raise ValueError(f"`hidden_layers` cannot be cached for the {adapter.name!r} task (its batches hold several "
                          "texts per row).")
@@ -521,6 +549,11 @@ def cache_teacher(
     model = freeze_teacher(load_teacher(teacher, adapter, args.teacher_dtype, args.teacher_model_init_kwargs))
     model.to(args.device)
     adapter.prepare(model, model, args)
+    if in_batch_negatives and adapter.kind_of(model) != "bi-encoder":
+        raise ValueError("`in_batch_negatives` needs a bi-encoder teacher (one embedding per text, so every query can "
+                         "be scored against every passage of a batch); this teacher is a cross-encoder, whose "
+                         "scores exist only for the pairs it read. Leave it unset and train without in-batch "
+                         "negatives, or use a live teacher.")
     collator = data_collator or _default_collator(adapter, tokenizer, args, model)
     _check_deterministic(collator)
     layers = sorted(set(hidden_layers or []))
@@ -542,6 +575,8 @@ def cache_teacher(
         "hidden_layers": layers,
         "splits": splits,
     }
+    if in_batch_negatives:  # only when set, so caches built before this option keep their fingerprint
+        components["in_batch_negatives"] = True
     fingerprint = _sha(components)
     out = Path(output_dir)
     meta_file = out / METADATA_FILE
@@ -575,7 +610,8 @@ def cache_teacher(
     partial.mkdir(parents=True, exist_ok=True)
     _atomic_json(progress_file, state)
 
-    requires = frozenset({adapter.cached_signal} | ({"hidden_states"} if layers else set()))
+    requires = frozenset({adapter.cached_signal} | ({"hidden_states"} if layers else set())
+                         | ({"candidate_embeddings"} if in_batch_negatives else set()))
     started = time.perf_counter()
     for split, dataset in data.items():
         dataset = _model_columns(dataset, model, adapter)
@@ -649,6 +685,11 @@ def _run_shard(model: nn.Module, task: TaskAdapter, rows: Any, collator: Any, re
         for column, (tensor, store) in columns.items():
             kept = [tensor[i][per_row[i]] for i in range(per_row.shape[0])]
             shard.add(column, [_storable(t, store) if store else t.cpu().numpy() for t in kept])
+        if "candidate_embeddings" in requires:  # a bi-encoder ranker's: each row's query [1, D], candidates [C, D]
+            for column, tensor in (("query_embeddings", signals.embeddings.unsqueeze(1)),
+                                   ("candidate_embeddings", signals.candidate_embeddings)):
+                _check_storable(tensor, dtype, column.replace("_", " "), start, batch_size)
+                shard.add(column, [_storable(t, dtype) for t in tensor])
         if layers:
             attention = batch.get("attention_mask")
             tokens = attention.bool() if attention is not None else torch.ones_like(batch["input_ids"]).bool()

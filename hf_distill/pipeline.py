@@ -425,15 +425,13 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
 def _own_tokenizer(adapter: Any, reference: Any, tokenizer: Any, trust: bool) -> Any:
     """The tokenizer of the teacher at ``reference`` (a folder or hub id) when its vocabulary differs from the run's
     ``tokenizer`` and the task lets a teacher read its own tokens (`TaskAdapter.own_teacher_tokens`); else None."""
-    from transformers import AutoTokenizer
+    from .teacher import tokenizer_beside
 
     if not isinstance(reference, str) or not adapter.own_teacher_tokens:
         return None
-    try:
-        own = AutoTokenizer.from_pretrained(_tokenizer_source(reference), trust_remote_code=trust)
-    except (OSError, ValueError):
-        return None  # a teacher folder without a tokenizer reads the run's (the trainer checks the vocabulary size)
-    return own if own.get_vocab() != tokenizer.get_vocab() else None
+    # a teacher folder without a tokenizer reads the run's (the trainer checks the vocabulary size)
+    own = tokenizer_beside(_tokenizer_source(reference), trust)
+    return own if own is not None and own.get_vocab() != tokenizer.get_vocab() else None
 
 
 # What a ranking teacher's fine-tuning takes from the run's config: how rows are cut, how models pool and score,
@@ -519,11 +517,12 @@ def _build_cache(recipe: Recipe, run: _Run, echo: Any, k: int = 0) -> str:
     # A top-k support lacks the teacher's probability of most labels, so the report's teacher perplexity needs the
     # live teacher on the evaluation data: only the training data is cached then.
     eval_data = run.data.get("eval") if spec.get("top_k") is None else None
+    in_batch = spec.get("in_batch_negatives", run.task_name == "ranking" and _in_batch_teacher(run.config.objectives))
     cache = cache_teacher(
         run.teachers[k], run.data["train"], spec["path"], eval_dataset=eval_data, args=run.config,
         task=run.task_name, tokenizer=run.teacher_tokenizer or run.tokenizer, data_collator=run.collator,
         top_k=spec.get("top_k"),
-        dtype=spec.get("dtype", "float32"), hidden_layers=spec.get("hidden_layers"),
+        dtype=spec.get("dtype", "float32"), hidden_layers=spec.get("hidden_layers"), in_batch_negatives=in_batch,
         batch_size=spec.get("batch_size", 32), overwrite=spec.get("overwrite", False),
         progress=not run.config.disable_tqdm,
     )
@@ -531,6 +530,13 @@ def _build_cache(recipe: Recipe, run: _Run, echo: Any, k: int = 0) -> str:
     how = f"built in {cache.metadata['seconds']:.1f} s" if cache.built_now else "reused: its fingerprint matches"
     echo(f"Teacher cache ready ({rows}; {how}) in {cache.path}")
     return str(cache.path)
+
+
+def _in_batch_teacher(objectives: list[dict[str, Any]]) -> bool:
+    """Whether an objective reads the teacher's in-batch scores (so a ranking cache must keep its embeddings)."""
+    from .objectives import OBJECTIVES
+
+    return any(spec.get("in_batch_negatives") and OBJECTIVES.get(spec["name"]).uses_teacher for spec in objectives)
 
 
 def cache_recipe(recipe: Recipe, echo: Any = print) -> str | list[str]:

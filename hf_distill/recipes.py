@@ -110,6 +110,9 @@ RECIPE_SCHEMA: dict[str, Key] = {
                     "dtype": Key((str,), "Storage dtype of the cached signals.", choices=("float32", "float16",
                                                                                         "bfloat16")),
                     "hidden_layers": Key((list,), "Also cache these hidden states (0 = embeddings output)."),
+                    "in_batch_negatives": Key((bool,), "Ranking, bi-encoder teacher: also keep its query and passage "
+                                              "embeddings, for objectives with `in_batch_negatives` (default: "
+                                              "true when such an objective reads the teacher)."),
                     "batch_size": Key((int,), "Teacher batch size while caching (default 32).", minimum=1),
                     "overwrite": Key((bool,), "Rebuild a cache in `path` that was built for something else."),
                 },

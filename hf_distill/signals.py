@@ -49,6 +49,9 @@ class Signals:
         scores: ``[B, C]`` ranking scores of each query's candidates, the positive first (ranking task).
         batch_scores: ``[B, B·C]`` each query's score against every candidate of the batch, in-batch negatives
             included (ranking task, bi-encoders only); query ``i``'s positive is column ``i·C``.
+        candidate_embeddings: ``[B, C, D]`` a bi-encoder ranker's embeddings of each query's candidates, as it scores
+            them (normalised for cosine), with the queries' in ``embeddings``: what a teacher-signal cache keeps to
+            give ``batch_scores`` back (ranking task).
         head_hidden / head_weight / head_bias: for a fused loss (``fused: true`` on a divergence objective), in place
             of ``logits``: ``[..., H]`` the final hidden states the LM head reads, aligned with ``mask`` (shifted for
             causal LMs), and that head's ``[V, H]`` weight and ``[V]`` bias (or None); the logits are then computed
@@ -69,6 +72,7 @@ class Signals:
     embeddings: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     batch_scores: torch.Tensor | None = None
+    candidate_embeddings: torch.Tensor | None = None
     topk_logits: torch.Tensor | None = None
     topk_indices: torch.Tensor | None = None
     tail_mass: torch.Tensor | None = None

@@ -59,6 +59,19 @@ def load_teacher(
     return teacher
 
 
+def tokenizer_beside(reference: Any, trust_remote_code: bool = False) -> Any:
+    """The tokenizer saved with a teacher given as a local folder or hub id (to compare its vocabulary with the
+    student's), else None: a model object, or a folder without a tokenizer."""
+    if not isinstance(reference, str):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(reference, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
 def freeze_teacher(teacher: nn.Module) -> nn.Module:
     """Eval mode (no dropout) and no gradients, so it is never trained nor given optimizer state."""
     teacher.eval()

@@ -19,7 +19,7 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
+from transformers import AutoConfig, PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import EvalLoopOutput
 from transformers.utils import logging
 
@@ -53,6 +53,7 @@ from .teacher import (
     load_teacher,
     prepare_teacher,
     shared_logit_width,
+    tokenizer_beside,
 )
 
 logger = logging.get_logger(__name__)
@@ -216,6 +217,8 @@ class DistillationTrainer(Trainer):
         #: The teacher-signal cache (the first one with several teachers; all of them in `teacher_caches`).
         self.teacher_cache = cache
         self.teacher_caches: list[TeacherCache] = caches
+        if caches:
+            self.task.cached_signals = frozenset.intersection(*(c.provides() for c in caches))
 
         teachers: list[nn.Module] = []
         if ema:  # the mean teacher starts as an exact copy of the student (PEFT wrapper and all)
@@ -246,7 +249,8 @@ class DistillationTrainer(Trainer):
             item.objective.setup(self.task, model, setup_teacher)
         tokenizer = kwargs.get("processing_class")
         # the tokenizer next to each teacher given as a path or hub id, loaded once for the checks below
-        path_tokenizers = [None if teacher_processing_class is not None else _teacher_tokenizer(given)
+        trust = bool((args.teacher_model_init_kwargs or {}).get("trust_remote_code"))
+        path_tokenizers = [None if teacher_processing_class is not None else tokenizer_beside(given, trust)
                            for given in teacher_inputs]
         teacher_tokenizer = self._own_teacher_tokenizer(teacher_processing_class, teacher_inputs, path_tokenizers,
                                                         teachers, model, getattr(tokenizer, "tokenizer", tokenizer),
@@ -374,7 +378,8 @@ class DistillationTrainer(Trainer):
             # a path or hub id, or a model loaded from a local folder that holds its tokenizer
             folder = getattr(base_model_of(teachers[0]), "name_or_path", None)
             own = path_tokenizers[0] if isinstance(teacher_inputs[0], str) else (
-                _teacher_tokenizer(folder) if isinstance(folder, str) and folder and os.path.isdir(folder) else None)
+                tokenizer_beside(folder, bool((args.teacher_model_init_kwargs or {}).get("trust_remote_code")))
+                if isinstance(folder, str) and folder and os.path.isdir(folder) else None)
             if own is not None and own.get_vocab() != tokenizer.get_vocab():
                 logger.info("The teacher's tokenizer differs from the student's: the teacher reads its own tokens.")
                 self._check_own_tokens(args)
@@ -499,7 +504,8 @@ class DistillationTrainer(Trainer):
             raise ValueError(
                 f"`{key}`: the objectives need the teacher's {sorted(missing)} but {path!r} holds "
                 f"{sorted(cache.provides())}. Rebuild the cache with them (hidden states: `hidden_layers`), or use a "
-                "live teacher." + (" In-batch negatives (`batch_scores`) need a live bi-encoder teacher."
+                "live teacher." + (" In-batch negatives (`batch_scores`) need a live bi-encoder teacher or a cache "
+                                   "built with `in_batch_negatives=True` (recipes: `teacher.cache.in_batch_negatives`)."
                                    if "batch_scores" in missing else "")
             )
         return cache
@@ -1010,16 +1016,6 @@ def _naming_teacher(index: int, ensemble: bool) -> Any:
             raise
         kind = ValueError if isinstance(err, ValueError) else TypeError if isinstance(err, TypeError) else OSError
         raise kind(f"`teacher_model[{index}]`: {err}") from err
-
-
-def _teacher_tokenizer(given: Any) -> Any:
-    """The tokenizer next to a teacher given as a path or hub id (to compare vocabularies), else None."""
-    if not isinstance(given, str):
-        return None
-    try:
-        return AutoTokenizer.from_pretrained(given)
-    except (OSError, ValueError):
-        return None
 
 
 def _mix_temperature(objectives: nn.ModuleList, args: DistillationConfig) -> float:

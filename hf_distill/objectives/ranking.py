@@ -46,9 +46,12 @@ class _RankingObjective(Objective):
             return
         models = {"student": student, "teacher": teacher} if self.uses_teacher else {"student": student}
         for role, model in models.items():
+            if model is None and role == "teacher" and "batch_scores" in task.cached_signals:
+                continue  # a cache that kept the bi-encoder teacher's embeddings
             if model is None:
-                raise ValueError(f"Objective {self.name!r}: `in_batch_negatives` needs a live bi-encoder teacher; "
-                                 "precomputed or cached scores only cover each row's own candidates. Set it to false.")
+                raise ValueError(f"Objective {self.name!r}: `in_batch_negatives` needs a live bi-encoder teacher, or a "
+                                 "teacher cache built with `in_batch_negatives=True`; a column of precomputed scores "
+                                 "only covers each row's own candidates. Set it to false.")
             if kind_of(model) != "bi-encoder":
                 raise ValueError(
                     f"Objective {self.name!r}: `in_batch_negatives` needs bi-encoders (one embedding per text, so "

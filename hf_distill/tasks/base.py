@@ -151,6 +151,9 @@ class TaskAdapter:
     #: The widths of a cached teacher's signals (``{"embeddings": 384, ...}``), set by the trainer when it trains
     #: from a cache without the teacher model, for objectives that size themselves by the teacher.
     teacher_widths: dict[str, int] = {}  # replaced per instance, never mutated
+    #: The `Signals` fields the run's teacher-signal cache(s) give back (`TeacherCache.provides`), set by the trainer,
+    #: for objectives that check where the teacher's signals come from.
+    cached_signals: frozenset[str] = frozenset()
 
     def cache_settings(self, teacher: nn.Module) -> dict[str, Any]:
         """What decides the teacher's signals besides its weights and the data (part of a cache's fingerprint,

@@ -293,10 +293,16 @@ class RankingTask(EmbeddingTask):
         return _sub_batch(batch, "pair" if self.kind_of(model) == CROSS_ENCODER else "doc")
 
     def fit_cached(self, signals: Signals, batch: dict[str, Any]) -> Signals:
-        """The cache holds every candidate of a row; a training batch may use only the first ones."""
+        """The cache holds every candidate of a row; a training batch may use only the first ones. A cache that
+        kept a bi-encoder's embeddings (``in_batch_negatives``) also gives every query's score against every
+        candidate of the batch (``batch_scores``), as the live teacher computes it."""
         inputs = _sub_batch(batch, "pair") or _sub_batch(batch, "doc")
         candidates = inputs["input_ids"].shape[0] // batch["labels"].shape[0]
         signals.scores = signals.scores[:, :candidates]
+        if signals.candidate_embeddings is not None:
+            kept = signals.candidate_embeddings[:, :candidates]
+            signals.batch_scores = signals.embeddings @ kept.reshape(-1, kept.shape[-1]).T
+            signals.candidate_embeddings = kept
         return signals
 
     def item_mask(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -325,8 +331,12 @@ class RankingTask(EmbeddingTask):
             docs = self._pooled(model, doc_inputs)
             if self.similarity_of(model) == "cosine":
                 query, docs = nn.functional.normalize(query, dim=-1), nn.functional.normalize(docs, dim=-1)
-            scores = torch.einsum("bd,bcd->bc", query, docs.view(queries, -1, docs.shape[-1]))
+            candidates = docs.view(queries, -1, docs.shape[-1])
+            scores = torch.einsum("bd,bcd->bc", query, candidates)
             batch_scores = query @ docs.T if "batch_scores" in requires else None
+            if "candidate_embeddings" in requires:  # what a cache keeps to give `batch_scores` back
+                return Signals(scores=scores, batch_scores=batch_scores, embeddings=query,
+                               candidate_embeddings=candidates, labels=batch["labels"], mask=self.item_mask(batch))
         return Signals(scores=scores, batch_scores=batch_scores, labels=batch["labels"], mask=self.item_mask(batch))
 
     def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
