@@ -588,7 +588,8 @@ def _quick_distill(plan: Plan, run: Any, recipe: Any, candidates: list[tuple[Pla
                    say: Callable[[str], None]) -> None:
     """Distil each layer-subset candidate for ``steps`` steps as ``hf-distill train`` would (its `DistillationTrainer`
     on the recipe's data, objectives and arguments), evaluating before and after; fills ``fidelity_before``,
-    ``fidelity`` and ``eval_metrics`` of the rows. Randomly initialised candidates are skipped with a note."""
+    ``fidelity`` and ``eval_metrics`` of the rows. Randomly initialised candidates, and candidates the recipe's
+    objectives refuse (e.g. an explicit layer map deeper than the candidate), are skipped with a note."""
     key, teacher_key, _ = FIDELITY_METRICS.get(run.task_name, (None, None, ""))
     plan.quick_distill_steps = steps
     plan.fidelity_metric = key.removeprefix("eval_") if key else None
@@ -599,13 +600,21 @@ def _quick_distill(plan: Plan, run: Any, recipe: Any, candidates: list[tuple[Pla
                 row.note = "random init: no quick distillation (a few steps say nothing about it)"
                 continue
             say(f"Quick distillation: {row.name}, {steps} steps")
-            before, after = _distil(student, run, recipe, folder)
+            try:
+                before, after = _distil(student, run, recipe, folder)
+            except _Refused as err:
+                row.note = f"no quick distillation: the recipe's objectives do not fit it ({err})"
+                continue
             if key is not None:
                 row.fidelity_before, row.fidelity = before.get(key), after.get(key)
                 if teacher_key and teacher_row.fidelity is None:
                     teacher_row.fidelity_before = teacher_row.fidelity = after.get(teacher_key)
             row.eval_metrics = {k: float(v) for k, v in after.items() if isinstance(v, (int, float))
                                 and k != "epoch" and not k.endswith(("_runtime", "_per_second"))}
+
+
+class _Refused(Exception):
+    """The trainer refused a candidate student with the recipe's objectives (before any work)."""
 
 
 def _distil(student: nn.Module, run: Any, recipe: Any, output_dir: str) -> tuple[dict[str, float], dict[str, float]]:
@@ -617,11 +626,14 @@ def _distil(student: nn.Module, run: Any, recipe: Any, output_dir: str) -> tuple
     from .trainer import DistillationTrainer
 
     config = build_config(recipe, task=run.task_name, output_dir=output_dir)
-    trainer = DistillationTrainer(
-        model=student, teacher_model=None if config.teacher_scores_column else run.teacher, args=config,
-        train_dataset=run.data["train"], eval_dataset=run.data["eval"], data_collator=run.collator,
-        processing_class=run.tokenizer,
-    )
+    try:  # the trainer checks the objectives against this candidate before any work
+        trainer = DistillationTrainer(
+            model=student, teacher_model=None if config.teacher_scores_column else run.teacher, args=config,
+            train_dataset=run.data["train"], eval_dataset=run.data["eval"], data_collator=run.collator,
+            processing_class=run.tokenizer,
+        )
+    except ValueError as err:
+        raise _Refused(str(err)) from err
     for callback in (PrinterCallback, ProgressCallback):  # plan prints its own progress and table
         trainer.remove_callback(callback)
     before = trainer.evaluate()

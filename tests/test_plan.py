@@ -153,6 +153,20 @@ def test_a_teacher_that_cannot_be_loaded_or_is_missing_is_a_clear_error(tmp_path
         plan_students(TEACHER, layers=[])
 
 
+def test_quick_distill_skips_a_candidate_the_recipe_objectives_do_not_fit(tmp_path):
+    """An explicit 3-layer `hidden_mse` map cannot be applied to a 2-layer candidate: that row gets a note saying why,
+    the 3-layer candidate is distilled as usual."""
+    recipe = load_recipe(find_recipe("quickstart"), [
+        "data.max_train_samples=8", "training.per_device_train_batch_size=4",
+        "training.per_device_eval_batch_size=8", f"training.output_dir={tmp_path / 'unused'}",
+        "objectives.2.layers=[[1, 1], [2, 4], [3, 6]]",
+    ])
+    plan = plan_students(None, layers=[2, 3], widths=[1.0], recipe=recipe, quick_distill=1, eval_samples=8, **FAST)
+    _, two, three = plan.rows
+    assert two.fidelity is None and "objectives do not fit" in two.note and "[3, 6]" in two.note
+    assert three.fidelity is not None and not three.note
+
+
 def test_quick_distill_reports_fidelity_before_and_after_from_the_recipe(tmp_path):
     recipe = load_recipe(find_recipe("quickstart"), [
         "data.max_train_samples=8", "training.per_device_train_batch_size=4",
