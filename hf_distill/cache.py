@@ -291,14 +291,11 @@ class TeacherCache:
             )
         signals = Signals(mask=mask)
         if self.signal == "scores":
-            signals.scores = self._scores(table, device)
+            signals.scores = self._first_items(table, "scores").to(device)
             if self.in_batch_negatives:  # `batch_scores` follow once the task knows the batch's candidates
-                signals.embeddings = self._loaded_column(table, "query_embeddings").to(device)
-                candidates = self._loaded_column(table, "candidate_embeddings")
-                lengths = table.column("candidate_embeddings").combine_chunks().value_lengths().to_numpy()
-                rows = torch.split(candidates, (lengths // candidates.shape[-1]).tolist())
-                width = min(len(row) for row in rows)
-                signals.candidate_embeddings = torch.stack([row[:width] for row in rows]).to(device)
+                width = self.metadata["widths"]["candidate_embeddings"]
+                signals.embeddings = self._first_items(table, "query_embeddings", width)[:, 0].to(device)
+                signals.candidate_embeddings = self._first_items(table, "candidate_embeddings", width).to(device)
         elif self.signal == "logits" and self.top_k is not None:
             signals.topk_logits = self._placed(table, "topk_logits", per_row, fill=0.0).to(device)
             indices = self._placed(table, "topk_indices", per_row, fill=0, raw=True).long()
@@ -332,18 +329,15 @@ class TeacherCache:
         out.view(-1, width).index_copy_(0, where.nonzero().squeeze(1), values.view(-1, width))
         return out
 
-    def _loaded_column(self, table: Any, column: str) -> torch.Tensor:
-        """``[n, width]``: a column's stored items, all rows one after the other."""
-        return _loaded(_flat(table, column), self.dtype).float().view(-1, self.metadata["widths"][column])
-
-    def _scores(self, table: Any, device: torch.device) -> torch.Tensor:
-        """``[B, C]``: every cached candidate score of each row (rows may have cached more candidates than the batch
-        uses: the task adapter keeps its first ones, `TaskAdapter.fit_cached`)."""
-        flat = _loaded(_flat(table, "scores"), self.dtype).float()
-        lengths = table.column("scores").combine_chunks().value_lengths().to_numpy()
-        rows = torch.split(flat, lengths.tolist())
-        width = int(lengths.min())
-        return torch.stack([row[:width] for row in rows]).to(device)
+    def _first_items(self, table: Any, column: str, width: int | None = None) -> torch.Tensor:
+        """``[B, n]`` (``[B, n, width]`` for a column of ``width``-vectors): each row's first ``n`` stored items,
+        ``n`` the fewest any row of the batch holds (ranking rows cache every candidate; the task adapter then keeps
+        the ones the batch uses, `TaskAdapter.fit_cached`)."""
+        flat = _loaded(_flat(table, column), self.dtype).float()
+        flat = flat.view(-1, width) if width else flat
+        counts = table.column(column).combine_chunks().value_lengths().to_numpy() // (width or 1)
+        kept = int(counts.min())
+        return torch.stack([row[:kept] for row in torch.split(flat, counts.tolist())])
 
     def _hidden_states(self, table: Any, attention_mask: torch.Tensor | None, mask: torch.Tensor) -> tuple:
         tokens = attention_mask.bool() if attention_mask is not None else None

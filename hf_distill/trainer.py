@@ -249,9 +249,8 @@ class DistillationTrainer(Trainer):
             item.objective.setup(self.task, model, setup_teacher)
         tokenizer = kwargs.get("processing_class")
         # the tokenizer next to each teacher given as a path or hub id, loaded once for the checks below
-        trust = bool((args.teacher_model_init_kwargs or {}).get("trust_remote_code"))
-        path_tokenizers = [None if teacher_processing_class is not None else tokenizer_beside(given, trust)
-                           for given in teacher_inputs]
+        path_tokenizers = [None if teacher_processing_class is not None
+                           else tokenizer_beside(given, _trusts_remote_code(args)) for given in teacher_inputs]
         teacher_tokenizer = self._own_teacher_tokenizer(teacher_processing_class, teacher_inputs, path_tokenizers,
                                                         teachers, model, getattr(tokenizer, "tokenizer", tokenizer),
                                                         ensemble, args)
@@ -378,7 +377,7 @@ class DistillationTrainer(Trainer):
             # a path or hub id, or a model loaded from a local folder that holds its tokenizer
             folder = getattr(base_model_of(teachers[0]), "name_or_path", None)
             own = path_tokenizers[0] if isinstance(teacher_inputs[0], str) else (
-                tokenizer_beside(folder, bool((args.teacher_model_init_kwargs or {}).get("trust_remote_code")))
+                tokenizer_beside(folder, _trusts_remote_code(args))
                 if isinstance(folder, str) and folder and os.path.isdir(folder) else None)
             if own is not None and own.get_vocab() != tokenizer.get_vocab():
                 logger.info("The teacher's tokenizer differs from the student's: the teacher reads its own tokens.")
@@ -1016,6 +1015,11 @@ def _naming_teacher(index: int, ensemble: bool) -> Any:
             raise
         kind = ValueError if isinstance(err, ValueError) else TypeError if isinstance(err, TypeError) else OSError
         raise kind(f"`teacher_model[{index}]`: {err}") from err
+
+
+def _trusts_remote_code(args: DistillationConfig) -> bool:
+    """Whether the teacher is loaded with ``trust_remote_code`` (its tokenizer then is too)."""
+    return bool((args.teacher_model_init_kwargs or {}).get("trust_remote_code"))
 
 
 def _mix_temperature(objectives: nn.ModuleList, args: DistillationConfig) -> float:

@@ -321,7 +321,7 @@ class RankingTask(EmbeddingTask):
                 raise ValueError("A cross-encoder needs `pair_input_ids`; build batches with RankingCollator("
                                  "cross_encoder=True) (the trainer's default collator does).")
             scores = model(**pairs).logits.float().view(queries, -1)
-            batch_scores = None
+            batch_scores = query = candidates = None
         else:
             query_inputs, doc_inputs = _sub_batch(batch, "query"), _sub_batch(batch, "doc")
             if not query_inputs or not doc_inputs:
@@ -334,10 +334,10 @@ class RankingTask(EmbeddingTask):
             candidates = docs.view(queries, -1, docs.shape[-1])
             scores = torch.einsum("bd,bcd->bc", query, candidates)
             batch_scores = query @ docs.T if "batch_scores" in requires else None
-            if "candidate_embeddings" in requires:  # what a cache keeps to give `batch_scores` back
-                return Signals(scores=scores, batch_scores=batch_scores, embeddings=query,
-                               candidate_embeddings=candidates, labels=batch["labels"], mask=self.item_mask(batch))
-        return Signals(scores=scores, batch_scores=batch_scores, labels=batch["labels"], mask=self.item_mask(batch))
+        kept = "candidate_embeddings" in requires  # what a cache keeps to give `batch_scores` back
+        return Signals(scores=scores, batch_scores=batch_scores, embeddings=query if kept else None,
+                       candidate_embeddings=candidates if kept else None, labels=batch["labels"],
+                       mask=self.item_mask(batch))
 
     def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         from ..embedding_metrics import mean_reciprocal_rank, rank_candidates, ranking_scores
