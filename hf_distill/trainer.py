@@ -326,6 +326,8 @@ class DistillationTrainer(Trainer):
             self.add_callback(_ZeroObjectiveGradients(self.objectives))
         if ema:
             self.add_callback(_MovingAverageTeacher(self))
+        self._preflight_pending = False  # set by `train` when the check must wait for the student's placement
+        self.add_callback(_DeferredPreflight(self))
 
         self._train_parts: dict[str, torch.Tensor] = {}
         self._train_parts_since = 0
@@ -727,19 +729,26 @@ class DistillationTrainer(Trainer):
               ignore_keys_for_eval: list[str] | None = None, **kwargs: Any) -> Any:
         """`Trainer.train`, plus: ``resume_from_checkpoint=True`` resumes from the last *complete* checkpoint (one a
         kill interrupted while it was being written is passed over), and with ``args.preflight`` one batch is first
-        checked through the teacher, the student and every objective (`preflight`)."""
+        checked through the teacher, the student and every objective (`preflight`): here, before any work, when the
+        student is already where the batches go; else (FSDP, DeepSpeed, a model spread over devices: `Trainer`
+        places the student inside `train`) as soon as it is placed, before the first step."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-        if self.args.preflight:
-            try:
-                self.preflight()
-            except Exception:
-                if self._made_output_dir and os.path.isdir(self.args.output_dir) and \
-                        not os.listdir(self.args.output_dir):
-                    os.rmdir(self.args.output_dir)  # bad input leaves nothing behind
-                raise
+        self._preflight_pending = bool(self.args.preflight) and not self.place_model_on_device
+        if self.args.preflight and self.place_model_on_device:
+            self._checked_preflight()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+
+    def _checked_preflight(self) -> None:
+        """`preflight`; when it fails, an output folder this trainer made and nothing has been written to is removed
+        (bad input leaves nothing behind)."""
+        try:
+            self.preflight()
+        except Exception:
+            if self._made_output_dir and os.path.isdir(self.args.output_dir) and not os.listdir(self.args.output_dir):
+                os.rmdir(self.args.output_dir)
+            raise
 
     def preflight(self) -> None:
         """Run the first rows of the training data through the teacher, the student and every objective, without
@@ -1121,6 +1130,20 @@ class _MovingAverageTeacher(TrainerCallback):
         teacher_buffers = dict(unwrap_model(self.trainer.teacher_model).named_buffers())
         for name, buffer in unwrap_model(self.trainer.accelerator.unwrap_model(self.trainer.model)).named_buffers():
             teacher_buffers[name].copy_(buffer)
+
+
+class _DeferredPreflight(TrainerCallback):
+    """The preflight check of a student `Trainer` places only inside `train` (FSDP, DeepSpeed, model parallel): run at
+    the start of training, after the student is wrapped and on its device, before the first step. Every process
+    runs it, as every process runs a sharded model's forward."""
+
+    def __init__(self, trainer: DistillationTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer._preflight_pending:
+            self.trainer._preflight_pending = False
+            self.trainer._checked_preflight()
 
 
 class _ZeroObjectiveGradients(TrainerCallback):

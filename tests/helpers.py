@@ -3,6 +3,7 @@ be downloaded on the CI machine) and padded language-model batches."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -70,11 +71,16 @@ def pad_collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {k: torch.tensor(v) for k, v in batch.items()}
 
 
+# `HF_DISTILL_TEST_DEVICE=cuda` runs the trainers that `config` sets up on the accelerator instead of the CPU (a check
+# for a machine with a GPU; CI has none). Recipes and tests that set their own device are not affected.
+TEST_ON_CPU = os.environ.get("HF_DISTILL_TEST_DEVICE", "cpu") == "cpu"
+
+
 def config(tmp_path, **overrides: Any) -> DistillationConfig:
     defaults: dict[str, Any] = dict(
         output_dir=str(tmp_path / "out"),
         report_to="none",
-        use_cpu=True,
+        use_cpu=TEST_ON_CPU,
         save_strategy="no",
         disable_tqdm=True,
         seed=0,

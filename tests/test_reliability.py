@@ -450,6 +450,30 @@ def test_preflight_does_not_change_the_training_result(tmp_path):
     assert all(torch.equal(with_check[k], without[k]) for k in with_check)
 
 
+@pytest.mark.parametrize("placed", [True, False], ids=["placed-at-init", "placed-inside-train"])
+@pytest.mark.parametrize("lengths", [[80, 9], [8, 9, 7, 6]], ids=["too-long", "good"])
+def test_preflight_waits_until_trainer_has_placed_the_student(tmp_path, placed, lengths):
+    """Under FSDP and DeepSpeed `Trainer` moves the student to its device only inside `train`: the check then runs
+    at the start of training (after the optimizer exists, before the first step), not on a CPU student against a
+    GPU batch (found on a GPU: every FSDP / DeepSpeed run failed there). Bad input still fails before any step and
+    leaves no output folder; good input trains after one check."""
+    out = tmp_path / "out"
+    args = config(tmp_path, output_dir=str(out), objectives=KL_CE, max_steps=2, per_device_train_batch_size=2)
+    trainer = DistillationTrainer(model=tiny_gpt2(layers=1), teacher_model=tiny_gpt2(layers=2, seed=1), args=args,
+                                  train_dataset=lm_dataset(lengths), data_collator=pad_collate)
+    trainer.place_model_on_device = placed  # what Trainer sets for FSDP / DeepSpeed / model parallel
+    optimizer_existed, check = [], trainer.preflight
+    trainer.preflight = lambda: (optimizer_existed.append(trainer.optimizer is not None), check())[1]
+    if lengths[0] > 64:
+        with pytest.raises(ValueError, match="64 positions"):
+            trainer.train()
+        assert trainer.state.global_step == 0 and not out.exists()
+    else:
+        trainer.train()
+        assert trainer.state.global_step == 2
+    assert optimizer_existed == [not placed]
+
+
 # ---- security defaults -----------------------------------------------------------------------------------------------
 
 
