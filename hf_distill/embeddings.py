@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .tasks.embedding import Pooling, pool
+from .zero3 import runnable
 
 __all__ = ["SentenceEncoder", "save_sentence_transformer_files"]
 
@@ -105,14 +106,15 @@ class SentenceEncoder(nn.Module):
         self.eval()
         device = next(self.model.parameters()).device
         chunks = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(device)
-            hidden = self.model(**batch).last_hidden_state
-            embedding = pool(hidden, batch["attention_mask"], self.pooling)
-            if self.projection is not None:
-                embedding = self.projection(embedding)
-            chunks.append(embedding.float().cpu())
+        with runnable(self.model):  # a ZeRO-3-partitioned model outside its engine: gathered for these passes
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt").to(device)
+                hidden = self.model(**batch).last_hidden_state
+                embedding = pool(hidden, batch["attention_mask"], self.pooling)
+                if self.projection is not None:
+                    embedding = self.projection(embedding)
+                chunks.append(embedding.float().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0)
 
 

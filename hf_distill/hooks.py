@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .registry import did_you_mean
+from .zero3 import runnable
 
 __all__ = ["capture_features", "find_module", "has_module", "probe_features", "first_tensor"]
 
@@ -102,13 +103,14 @@ def capture_features(model: nn.Module, paths: Sequence[str]) -> Iterator[dict[st
 def probe_features(model: nn.Module, paths: Sequence[str], inputs: dict[str, Any], **forward_kwargs: Any
                    ) -> tuple[dict[str, torch.Tensor], Any]:
     """Run ``model`` once on ``inputs`` in eval mode without gradients and return ``(features at paths, outputs)``;
-    used to learn feature shapes before training (e.g. to size a projection). The training mode is restored."""
+    used to learn feature shapes before training (e.g. to size a projection). The training mode is restored. Under
+    DeepSpeed ZeRO-3 every process must call it (the parameters are gathered)."""
     was_training = model.training
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     model.eval()
-    try:
-        with capture_features(model, paths) as features:
+    try:  # a ZeRO-3-partitioned model (not yet in its engine) is gathered whole for this one forward
+        with runnable(model), capture_features(model, paths) as features:
             outputs = model(**inputs, **forward_kwargs)
     finally:
         model.train(was_training)

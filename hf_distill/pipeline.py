@@ -602,23 +602,24 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
         teacher_processing_class=run.teacher_tokenizer if teachers is not None else None,
     )
     main = trainer.is_world_process_zero()
+    evaluates = main or _forwards_are_collective(trainer)  # the retrieval evaluation and the report
     if peft_config is not None and "from_teacher" in spec:
         # The adapter applies to the layer subset this recipe builds, not to the teacher it was copied from: no base
         # name, so that loading it onto the teacher fails instead of silently running the wrong model.
         for adapter_config in trainer.accelerator.unwrap_model(trainer.model).peft_config.values():
             adapter_config.base_model_name_or_path = None
     if config.teacher_is_student_base:  # the report compares the student with its base model, adapter removed
-        teacher = _base_model_copy(trainer) if main else None
+        teacher = _base_model_copy(trainer) if evaluates else None
     elif teacher is None:  # a moving-average teacher: the report compares the student with it
         teacher = trainer.teacher_model
     # A frozen teacher encodes the retrieval queries and index once for both evaluations; a moving-average one changes.
     memo = None if "ema_of_student" in recipe.teacher else {}
-    before = _task_metrics(trainer, task_name, recipe, memo) if task_name == "embedding" and main else {}
+    before = _task_metrics(trainer, task_name, recipe, memo) if task_name == "embedding" and evaluates else {}
     if task_name == "ranking" and "eval" in data:
         before = {k: v for k, v in trainer.evaluate().items() if k in ("eval_mrr@10", "eval_ndcg@10")}
     trainer.train()
     metrics = trainer.evaluate() if "eval" in data else {}
-    if task_name == "embedding" and main:
+    if task_name == "embedding" and evaluates:
         metrics.update(_task_metrics(trainer, task_name, recipe, memo))
         metrics.update({f"{k}_before_training": v for k, v in before.items() if k.startswith("eval_ndcg@10_student")
                         or k.startswith("eval_ndcg@10_aligned")})
@@ -639,16 +640,17 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     # 5. Report: the student against the teacher, or against the whole ensemble (all teachers, run in turn).
     report = None
     try:
-        if main:
+        if evaluates:
             report = _report(trainer, _report_teacher(trainer, teacher), task_name, metrics,
                              data.get("eval", data["train"]), _report_teacher_name(recipe, config.teacher_combine),
-                             echo)
+                             echo, write=main)
+        if main:
             echo(f"Student, tokenizer, recipe, trainer state and report written to {out}")
             if hub.get("push"):
                 push_output_dir(out, recipe, echo)
     finally:  # every process returns once the output folder is complete (or the main process failed)
         _wait_for_everyone(config)
-    return report
+    return report if main else None
 
 
 #: Where a recipe with `student.peft.merge: true` writes the adapter (the merged model goes to output_dir itself).
@@ -808,7 +810,8 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any] |
         trainer.teacher_model.load_state_dict(load_file(out / EMA_TEACHER_NAME, device=str(config.device)))
     metrics = trainer.evaluate()
     try:
-        if not trainer.is_world_process_zero():
+        main = trainer.is_world_process_zero()
+        if not (main or _forwards_are_collective(trainer)):
             return None
         if task_name == "embedding":
             metrics.update(_task_metrics(trainer, task_name, recipe))
@@ -819,8 +822,9 @@ def evaluate_output_dir(path: str | Path, echo: Any = print) -> dict[str, Any] |
         else:
             name = teacher_ref or "moving average of the student"
         report_teacher = _base_model_copy(trainer) if config.teacher_is_student_base else trainer.teacher_model
-        return _report(trainer, _report_teacher(trainer, report_teacher), task_name, metrics, data["eval"], name,
-                       echo)
+        report = _report(trainer, _report_teacher(trainer, report_teacher), task_name, metrics, data["eval"], name,
+                         echo, write=main)
+        return report if main else None
     finally:  # the main process writes the report while the others wait
         _wait_for_everyone(config)
 
@@ -873,8 +877,9 @@ def _task_metrics(trainer: Any, task_name: str, recipe: Recipe, memo: dict[Any, 
 
 
 def _report(trainer: Any, teacher: Any, task_name: str, metrics: dict[str, float], sample: Any, teacher_name: str,
-            echo: Any) -> dict[str, Any]:
-    """Measure teacher and student on one evaluation batch, write report.json / report.png, print the table."""
+            echo: Any, write: bool = True) -> dict[str, Any]:
+    """Measure teacher and student on one evaluation batch; with ``write``, write report.json / report.png and print
+    the table (the main process, when every process measures: `_forwards_are_collective`)."""
     from .report import build_report, format_report, write_report
 
     size = min(len(sample), trainer.args.per_device_eval_batch_size)
@@ -885,9 +890,19 @@ def _report(trainer: Any, teacher: Any, task_name: str, metrics: dict[str, float
               trainer.task.latency_inputs(trainer.model, batch)]
     out = trainer.args.output_dir
     report = build_report(task_name, teacher, trainer.model, metrics, inputs, teacher_name, out)
-    write_report(report, out)
-    echo(format_report(report))
+    if write:
+        write_report(report, out)
+        echo(format_report(report))
     return report
+
+
+def _forwards_are_collective(trainer: Any) -> bool:
+    """Under DeepSpeed ZeRO-3 or FSDP every forward pass of the student or the teacher gathers parameters from all
+    processes, so what only the main process would do with them (the retrieval evaluation, the report's timing) is
+    done by every process, the same passes in the same order, and only the main process writes."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    zero3 = bool(trainer.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
+    return bool(trainer.is_fsdp_enabled or zero3)
 
 
 def _config_from_spec(spec: dict[str, Any], tokenizer: Any, **extra: Any) -> Any:

@@ -38,14 +38,20 @@ class TeacherEnsemble(nn.Module):
         return [member(**inputs) for member in self.members]
 
 
+def _numel(tensor: torch.Tensor) -> int:
+    return getattr(tensor, "ds_numel", tensor.numel())  # a ZeRO-3 partition's placeholder: the whole tensor's
+
+
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return sum(_numel(p) for p in {id(p): p for p in model.parameters()}.values())
 
 
 def model_size_mb(model: nn.Module) -> float:
-    """Size of the weights as saved (unique tensors, parameters and persistent buffers), in MB (10⁶ bytes)."""
-    tensors = {t.data_ptr(): t for t in model.state_dict().values() if t.numel()}
-    return sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6
+    """Size of the weights as saved (unique tensors, parameters and persistent buffers), in MB (10⁶ bytes); a
+    ZeRO-3-partitioned model counts its whole parameters."""
+    tensors = {id(t) if hasattr(t, "ds_id") else t.data_ptr(): t
+               for t in model.state_dict(keep_vars=True).values() if _numel(t)}
+    return sum(_numel(t) * t.element_size() for t in tensors.values()) / 1e6
 
 
 def forward_times(

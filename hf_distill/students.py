@@ -31,6 +31,8 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import logging
 
+from .zero3 import is_partitioned, load_whole_state_dict, whole_state_dict
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["make_student", "select_layers"]
@@ -169,23 +171,29 @@ def make_student(
         )
 
     config = _student_config(teacher.config, kept, total)
-    state_dict = _student_state_dict(teacher.state_dict(), stack_prefixes, kept)
+    # A teacher partitioned by DeepSpeed ZeRO-3 holds empty placeholders: its weights are gathered to be copied.
+    teacher_state = whole_state_dict(teacher) if is_partitioned(teacher) else teacher.state_dict()
+    state_dict = _student_state_dict(teacher_state, stack_prefixes, kept)
 
     device = teacher.device
     with torch.device(device):
-        student = type(teacher)._from_config(config, dtype=teacher.dtype)
+        student = type(teacher)._from_config(config, dtype=teacher.dtype)  # partitioned too under ZeRO-3
 
     # Match each student tensor's dtype to its teacher source before copying (some models keep selected modules in
     # float32 while the rest is in half precision); `load_state_dict` would otherwise cast silently. Assigning
     # `.data` keeps tied parameters tied. Devices are left alone: the whole student lives on `device`.
+    partitioned = is_partitioned(student)
     student_tensors = student.state_dict(keep_vars=True)
     for key, source in state_dict.items():
         target = student_tensors.get(key)
-        if target is not None and target.dtype != source.dtype:
+        if target is not None and target.dtype != source.dtype and not partitioned:
             target.data = target.data.to(dtype=source.dtype)
 
     try:
-        student.load_state_dict(state_dict, strict=True)
+        if partitioned:
+            load_whole_state_dict(student, state_dict)
+        else:
+            student.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         raise ValueError(
             f"Could not copy the weights of the kept layers {kept} of {type(teacher).__name__} into a "

@@ -1,0 +1,81 @@
+"""Whole parameters of a model that DeepSpeed ZeRO-3 has partitioned.
+
+With ZeRO-3 in the training arguments, transformers builds every model loaded afterwards (``from_pretrained``,
+``_from_config``) under ``deepspeed.zero.Init``: each process keeps only its partition, and a parameter outside a
+forward pass of the engine is an empty placeholder (``param.ds_id`` set, ``param.ds_shape`` the real shape). What
+hf_distill does with weights outside training — copying a teacher's layers into a student (`make_student`), running
+a model once to learn its shapes (`hooks.probe_features`) — reads them through these helpers, which gather the
+parameters for the duration (a collective: every process calls them together) and do nothing for other models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["is_partitioned", "gathered", "runnable", "whole_state_dict", "load_whole_state_dict"]
+
+
+def _partitioned(param: torch.Tensor) -> bool:
+    return hasattr(param, "ds_id")
+
+
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is a ZeRO-3 partition."""
+    return any(_partitioned(p) for p in model.parameters())
+
+
+@contextlib.contextmanager
+def gathered(params: Iterable[torch.Tensor], modifier_rank: int | None = None) -> Iterator[None]:
+    """Inside the block, the partitioned ones among ``params`` are whole on every process; with ``modifier_rank``,
+    what that process writes into them is kept (broadcast, then partitioned again) when the block ends."""
+    partitioned = [p for p in params if _partitioned(p)]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=modifier_rank):
+        yield
+
+
+@contextlib.contextmanager
+def runnable(model: nn.Module) -> Iterator[None]:
+    """Inside the block ``model`` can run a forward pass: a model partitioned outside a ZeRO-3 engine (built under
+    ``zero.Init``, not yet trained) is gathered whole; one inside an engine is left alone, its hooks gather each
+    layer for its own forward (DeepSpeed marks such modules with ``ds_id``)."""
+    with gathered(model.parameters() if not hasattr(model, "ds_id") else ()):
+        yield
+
+
+def whole_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every partitioned parameter gathered and copied out, one at a time (so no more than
+    one whole parameter beyond the copies is held at once). Tied parameters stay one tensor under both names."""
+    state = model.state_dict(keep_vars=True)
+    copies: dict[int, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if id(tensor) not in copies:
+            with gathered([tensor]):
+                copies[id(tensor)] = tensor.detach().clone()
+        state[key] = copies[id(tensor)]
+    return state
+
+
+def load_whole_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state_dict, strict=True)`` for a partitioned model: each parameter is gathered, written
+    (cast to its dtype) and partitioned again; the same missing / unexpected keys and shape mismatches raise."""
+    targets = model.state_dict(keep_vars=True)
+    missing, unexpected = sorted(set(targets) - set(state_dict)), sorted(set(state_dict) - set(targets))
+    if missing or unexpected:
+        raise RuntimeError(f"Error(s) in loading state_dict: missing keys {missing}, unexpected keys {unexpected}.")
+    with torch.no_grad():
+        for key, target in targets.items():
+            source = state_dict[key]
+            with gathered([target], modifier_rank=0):
+                if target.shape != source.shape:
+                    raise RuntimeError(f"size mismatch for {key}: copying a param with shape {tuple(source.shape)}, "
+                                       f"the shape in the current model is {tuple(target.shape)}.")
+                target.copy_(source)

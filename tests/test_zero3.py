@@ -1,0 +1,49 @@
+"""`hf_distill.zero3` on models that are not partitioned (the path every non-ZeRO-3 run takes, and what CI can run:
+the partitioned path needs `deepspeed`, see tests/test_distributed_strategies.py), and the report's accounting of
+ZeRO-3 placeholders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_distill.report import count_parameters, model_size_mb
+from hf_distill.zero3 import gathered, is_partitioned, load_whole_state_dict, runnable, whole_state_dict
+from tests.helpers import tiny_gpt2
+
+
+def test_whole_state_dict_of_a_plain_model_is_its_state_dict_with_ties_kept():
+    model = tiny_gpt2(layers=2)
+    state, whole = model.state_dict(), whole_state_dict(model)
+    assert list(whole) == list(state) and all(torch.equal(whole[k], state[k]) for k in state)
+    assert whole["lm_head.weight"] is whole["transformer.wte.weight"]  # tied: one tensor under both names
+    assert all(whole[k].data_ptr() != state[k].data_ptr() for k in state)  # copies, not views of the model
+
+
+def test_load_whole_state_dict_copies_and_refuses_what_load_state_dict_refuses():
+    source, target = tiny_gpt2(layers=2, seed=1), tiny_gpt2(layers=2, seed=2)
+    load_whole_state_dict(target, source.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), source.state_dict().values(),
+                                                  strict=True))
+    state = source.state_dict()
+    with pytest.raises(RuntimeError, match=r"missing keys \['lm_head.weight'"):
+        load_whole_state_dict(target, {k: v for k, v in state.items() if k != "lm_head.weight"})
+    with pytest.raises(RuntimeError, match="size mismatch for transformer.h.0.ln_1.bias"):
+        load_whole_state_dict(target, {**state, "transformer.h.0.ln_1.bias": torch.zeros(3)})
+
+
+def test_plain_models_are_not_gathered():
+    model = tiny_gpt2(layers=1)
+    assert not is_partitioned(model)
+    with gathered(model.parameters()), runnable(model):  # no-ops: nothing to gather, deepspeed not needed
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+
+
+def test_the_report_counts_a_zero3_placeholder_as_its_whole_parameter():
+    model = tiny_gpt2(layers=2)
+    numel, size = count_parameters(model), model_size_mb(model)
+    for param in model.parameters():  # what ZeRO-3 leaves on a process: an empty tensor that knows its real size
+        param.ds_id, param.ds_numel = id(param), param.numel()
+        param.data = torch.empty(0, dtype=param.dtype)
+    assert is_partitioned(model)
+    assert count_parameters(model) == numel and model_size_mb(model) == pytest.approx(size)
