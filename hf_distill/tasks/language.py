@@ -12,6 +12,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from .. import losses
 from ..signals import Signals, logit_divergence
+from ..zero3 import shape_of
 from .base import TASKS, TaskAdapter, base_model_of, unwrap_model
 
 __all__ = ["LanguageTask"]
@@ -70,7 +71,7 @@ class LanguageTask(TaskAdapter):
     def logit_width(self, model: nn.Module) -> int | None:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is not None and getattr(head, "weight", None) is not None:
-            return int(head.weight.shape[0])
+            return int(shape_of(head.weight)[0])  # whole, also when ZeRO-3 partitioned it
         config = getattr(model, "config", None)
         return getattr(config.get_text_config(), "vocab_size", None) if config is not None else None
 
