@@ -629,7 +629,9 @@ def train_recipe(recipe: Recipe, echo: Any = print) -> dict[str, Any]:
     # A frozen teacher encodes the retrieval queries and index once for both evaluations; a moving-average one changes.
     memo = None if "ema_of_student" in recipe.teacher else {}
     before = _task_metrics(trainer, task_name, recipe, memo) if task_name == "embedding" and evaluates else {}
-    if task_name == "ranking" and "eval" in data:
+    # Not under DeepSpeed: an evaluation before training wraps the student in an inference engine, and training
+    # then never builds its own (transformers #30205; the first backward fails).
+    if task_name == "ranking" and "eval" in data and not trainer.is_deepspeed_enabled:
         before = {k: v for k, v in trainer.evaluate().items() if k in ("eval_mrr@10", "eval_ndcg@10")}
     trainer.train()
     metrics = trainer.evaluate() if "eval" in data else {}

@@ -256,7 +256,10 @@ class Recipe:
 
 def shipped_recipes() -> dict[str, Path]:
     """The recipes shipped with hf-distill, by name (file stem)."""
-    folder = Path(importlib.import_module("hf_distill.recipes_data").__file__).parent
+    try:
+        folder = Path(importlib.import_module("hf_distill.recipes_data").__file__).parent
+    except ModuleNotFoundError:  # a source checkout used without installing it: the top-level recipes/ folder
+        folder = Path(__file__).resolve().parents[1] / "recipes"
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 

@@ -209,6 +209,12 @@ class DistillationTrainer(Trainer):
                 raise ValueError(f"`fused: true` ({self._joint.divergence_item.key!r}) is for causal language models; "
                                  f"this run's task is {self.task.name!r}. Remove `fused`.")
             check_head(model)
+            sharded = _shards_parameters(args)
+            if sharded:
+                raise ValueError(
+                    f"`fused: true` ({self._joint.divergence_item.key!r}) reads the student's LM head weight outside "
+                    f"its forward pass, and {sharded} holds that weight sharded across processes there. Remove "
+                    f"`fused` (the one-pass path computes the same loss from the logits), or train without {sharded}.")
             self._fused_requires = self._joint.student_requires(self._student_requires)
         several = len(cache_paths) > 1
         caches = [self._open_cache(path, f"teacher_cache[{k}]" if several else "teacher_cache")
@@ -247,6 +253,13 @@ class DistillationTrainer(Trainer):
         setup_teacher = self._setup_teacher(teachers, weights) if teachers else None
         for item in self.objectives:
             item.objective.setup(self.task, model, setup_teacher)
+        trained = [item.key for item in self.objectives if any(p.requires_grad for p in item.objective.parameters())]
+        if trained and (args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"):
+            raise ValueError(
+                f"Objective(s) {', '.join(map(repr, trained))} train parameters of their own (a projection), and "
+                "DeepSpeed's optimizer takes only the model's. Set `projection: false` where student and teacher "
+                "widths match, or train without DeepSpeed (DDP: `torchrun` alone)."
+            )
         tokenizer = kwargs.get("processing_class")
         # the tokenizer next to each teacher given as a path or hub id, loaded once for the checks below
         path_tokenizers = [None if teacher_processing_class is not None
@@ -1130,6 +1143,20 @@ class _MovingAverageTeacher(TrainerCallback):
         teacher_buffers = dict(unwrap_model(self.trainer.teacher_model).named_buffers())
         for name, buffer in unwrap_model(self.trainer.accelerator.unwrap_model(self.trainer.model)).named_buffers():
             teacher_buffers[name].copy_(buffer)
+
+
+def _shards_parameters(args: Any) -> str | None:
+    """"DeepSpeed ZeRO-3" or "FSDP" when the run's arguments (or an `accelerate launch` configuration) shard the
+    student's parameters themselves, not only its training state."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    hf_config = getattr(args, "hf_deepspeed_config", None)
+    if (hf_config is not None and hf_config.is_zero3()) or is_deepspeed_zero3_enabled() or \
+            os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return "DeepSpeed ZeRO-3"
+    if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    return None
 
 
 class _DeferredPreflight(TrainerCallback):

@@ -262,3 +262,18 @@ def test_objectives_need_signals_the_task_provides(tmp_path):
     assert _sum_over_items(losses.hidden_mse, s, t, tokens, row_dim=1).item() == pytest.approx(3.0)
     with pytest.raises(ValueError, match="tokens='cls'"):
         _sum_over_items(losses.hidden_mse, s, t, tokens, row_dim=1, tokens="cls")
+
+
+@pytest.mark.parametrize("launch", ["arguments", "accelerate"])
+def test_a_trained_projection_is_refused_under_deepspeed(tmp_path, monkeypatch, launch):
+    """DeepSpeed's optimizer takes only the model's parameters: an objective's projection failed inside the engine
+    (ZeRO-3: no partition attributes, ZeRO-2: an unknown parameter group; found running the embedding-align recipe),
+    so it is refused before any work."""
+    student, teacher = tiny_vit(hidden=16, layers=1, seed=1), tiny_vit(hidden=32, layers=2, seed=0)
+    args = config(tmp_path, objectives=[{"name": "hidden_mse", "layers": "last"}])
+    if launch == "arguments":
+        monkeypatch.setattr(args, "deepspeed", "ds_zero2.json")  # as given, without needing deepspeed installed
+    else:
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match=r"'hidden_mse' train parameters of their own .* DeepSpeed's optimizer"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=image_dataset(8))

@@ -188,3 +188,20 @@ def test_preflight_checks_the_objectives_on_the_training_path(tmp_path, monkeypa
                     max_steps=1), train_dataset=bad, data_collator=pad_collate)
     with pytest.raises(ValueError, match="label"):  # and it still fails early on bad labels
         trainer.train()
+
+
+@pytest.mark.parametrize("sharding", ["fsdp", "zero3"])
+def test_fused_is_refused_when_the_student_parameters_are_sharded(tmp_path, monkeypatch, sharding):
+    """The fused loss multiplies the hidden states by the LM head weight itself, outside the student's forward: under
+    ZeRO-3 that weight is an empty placeholder there, under FSDP a shard (found running a recipe under ZeRO-3)."""
+    overrides = {}
+    if sharding == "fsdp":
+        overrides = {"fsdp": True, "fsdp_config": {"version": 2}}
+    else:
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")  # what `accelerate launch` sets for ZeRO-3
+    args = config(tmp_path, objectives=[{"name": "kl", "weight": 0.5, "fused": True}, {"name": "ce", "weight": 0.5}],
+                  **overrides)
+    name = "FSDP" if sharding == "fsdp" else "DeepSpeed ZeRO-3"
+    with pytest.raises(ValueError, match=rf"`fused: true` \('kl'\) reads .* {name} holds that weight sharded"):
+        DistillationTrainer(model=tiny_gpt2(layers=1), teacher_model=tiny_gpt2(layers=2, seed=1), args=args,
+                            train_dataset=lm_dataset([8, 9]), data_collator=pad_collate)

@@ -152,6 +152,27 @@ def test_shipped_quickstart_validates_without_writing(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_source_checkout_finds_its_recipes_without_an_install(monkeypatch):
+    """`hf_distill.recipes_data` exists only in an installed package (setup.py maps recipes/ to it); a checkout used
+    from PYTHONPATH (as on the GPU machine) reads the top-level recipes/ folder instead."""
+    import importlib
+
+    from hf_distill.recipes import shipped_recipes
+
+    installed = shipped_recipes()
+    real_import = importlib.import_module
+
+    def without_data(name, *args, **kwargs):
+        if name == "hf_distill.recipes_data":
+            raise ModuleNotFoundError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", without_data)
+    from_checkout = shipped_recipes()
+    assert list(from_checkout) == list(installed) and "quickstart" in from_checkout
+    assert from_checkout["quickstart"].parent == Path(__file__).resolve().parents[1] / "recipes"
+
+
 def test_find_recipe_by_path_and_unknown_name(tmp_path):
     assert find_recipe(str(QUICKSTART)) == QUICKSTART
     path = write_recipe(tmp_path)
