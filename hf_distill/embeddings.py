@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .sharding import runnable
 from .tasks.embedding import Pooling, pool
-from .zero3 import runnable
 
 __all__ = ["SentenceEncoder", "save_sentence_transformer_files"]
 

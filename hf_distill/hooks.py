@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .registry import did_you_mean
-from .zero3 import runnable
+from .sharding import runnable
 
 __all__ = ["capture_features", "find_module", "has_module", "probe_features", "first_tensor"]
 

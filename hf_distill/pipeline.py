@@ -20,7 +20,8 @@ from transformers.utils import logging
 
 from .checks import remote_code_guard
 from .recipes import Recipe, RecipeError, build_config, build_peft_config, resolve_model_reference, teacher_dir
-from .zero3 import loaded_whole
+from .sharding import loaded_whole, shards_parameters
+from .sharding import strategy as sharding_strategy
 
 logger = logging.get_logger(__name__)
 
@@ -353,7 +354,7 @@ def _load_run(recipe: Recipe, echo: Any, training: bool = True) -> _Run:
     if training:
         check_output_dir(recipe)
     config = build_config(recipe, task=task_name)
-    strategy = _sharding_strategy(config)
+    strategy = sharding_strategy(config)
     if training and strategy and any(spec.get("finetune") for spec in recipe.teachers):
         # The fine-tuning Trainer would set up the process's accelerate state without the strategy, and the
         # distillation that follows would then run without it.
@@ -912,22 +913,11 @@ def _report(trainer: Any, teacher: Any, task_name: str, metrics: dict[str, float
     return report
 
 
-def _sharding_strategy(config: Any) -> str | None:
-    """"DeepSpeed" or "FSDP" when the run's arguments or an `accelerate launch` configuration ask for one."""
-    if config.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        return "DeepSpeed"
-    if config.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return "FSDP"
-    return None
-
-
 def _forwards_are_collective(trainer: Any) -> bool:
     """Under DeepSpeed ZeRO-3 or FSDP every forward pass of the student or the teacher gathers parameters from all
     processes, so what only the main process would do with them (the retrieval evaluation, the report's timing) is
     done by every process, the same passes in the same order, and only the main process writes."""
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    zero3 = bool(trainer.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3)
-    return bool(trainer.is_fsdp_enabled or zero3)
+    return shards_parameters(trainer.args)
 
 
 def _config_from_spec(spec: dict[str, Any], tokenizer: Any, **extra: Any) -> Any:

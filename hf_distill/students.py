@@ -31,7 +31,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import logging
 
-from .zero3 import is_partitioned, load_whole_state_dict, whole_state_dict
+from .sharding import is_partitioned, load_whole_state_dict, whole_state_dict
 
 logger = logging.get_logger(__name__)
 

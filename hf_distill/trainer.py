@@ -40,6 +40,8 @@ from .checks import (
 from .config import DistillationConfig
 from .objectives import OBJECTIVES, build_objectives
 from .objectives.logits import JointLogitTerms
+from .sharding import DEEPSPEED, ZERO3, shards_parameters
+from .sharding import strategy as sharding_strategy
 from .signals import Signals, feature_paths
 from .tasks import TaskAdapter, base_model_of, resolve_task
 from .tasks.base import unwrap_model
@@ -209,8 +211,8 @@ class DistillationTrainer(Trainer):
                 raise ValueError(f"`fused: true` ({self._joint.divergence_item.key!r}) is for causal language models; "
                                  f"this run's task is {self.task.name!r}. Remove `fused`.")
             check_head(model)
-            sharded = _shards_parameters(args)
-            if sharded:
+            sharded = sharding_strategy(args)
+            if shards_parameters(args):
                 raise ValueError(
                     f"`fused: true` ({self._joint.divergence_item.key!r}) reads the student's LM head weight outside "
                     f"its forward pass, and {sharded} holds that weight sharded across processes there. Remove "
@@ -254,7 +256,7 @@ class DistillationTrainer(Trainer):
         for item in self.objectives:
             item.objective.setup(self.task, model, setup_teacher)
         trained = [item.key for item in self.objectives if any(p.requires_grad for p in item.objective.parameters())]
-        if trained and (args.deepspeed or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"):
+        if trained and sharding_strategy(args) in (ZERO3, DEEPSPEED):
             raise ValueError(
                 f"Objective(s) {', '.join(map(repr, trained))} train parameters of their own (a projection), and "
                 "DeepSpeed's optimizer takes only the model's. Set `projection: false` where student and teacher "
@@ -1143,20 +1145,6 @@ class _MovingAverageTeacher(TrainerCallback):
         teacher_buffers = dict(unwrap_model(self.trainer.teacher_model).named_buffers())
         for name, buffer in unwrap_model(self.trainer.accelerator.unwrap_model(self.trainer.model)).named_buffers():
             teacher_buffers[name].copy_(buffer)
-
-
-def _shards_parameters(args: Any) -> str | None:
-    """"DeepSpeed ZeRO-3" or "FSDP" when the run's arguments (or an `accelerate launch` configuration) shard the
-    student's parameters themselves, not only its training state."""
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-    hf_config = getattr(args, "hf_deepspeed_config", None)
-    if (hf_config is not None and hf_config.is_zero3()) or is_deepspeed_zero3_enabled() or \
-            os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
-        return "DeepSpeed ZeRO-3"
-    if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return "FSDP"
-    return None
 
 
 class _DeferredPreflight(TrainerCallback):

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from .. import losses
+from ..sharding import shape_of
 from ..signals import Signals, logit_divergence
-from ..zero3 import shape_of
 from .base import TASKS, TaskAdapter, base_model_of, unwrap_model
 
 __all__ = ["LanguageTask"]

@@ -1,4 +1,4 @@
-"""Whole parameters of a model that DeepSpeed ZeRO-3 has partitioned.
+"""Which strategy shards a run (`strategy`), and whole parameters of a model that DeepSpeed ZeRO-3 has partitioned.
 
 With ZeRO-3 in the training arguments, transformers builds every model loaded afterwards (``from_pretrained``,
 ``_from_config``) under ``deepspeed.zero.Init``: each process keeps only its partition, and a parameter outside a
@@ -16,8 +16,35 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["is_partitioned", "shape_of", "gathered", "runnable", "loaded_whole", "whole_state_dict",
-           "load_whole_state_dict"]
+__all__ = ["ZERO3", "FSDP", "DEEPSPEED", "strategy", "shards_parameters", "is_partitioned", "shape_of", "gathered",
+           "runnable", "loaded_whole", "whole_state_dict", "load_whole_state_dict"]
+
+ZERO3, DEEPSPEED, FSDP = "DeepSpeed ZeRO-3", "DeepSpeed", "FSDP"
+
+
+def strategy(args: object) -> str | None:
+    """`ZERO3`, `DEEPSPEED` (stages 0-2), `FSDP` or None, from the training arguments or the environment that
+    ``accelerate launch`` sets from its configuration file."""
+    import os
+
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    hf_config = getattr(args, "hf_deepspeed_config", None)
+    deepspeed = bool(getattr(args, "deepspeed", None)) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "") == "true"
+    if (hf_config is not None and hf_config.is_zero3()) or is_deepspeed_zero3_enabled() or \
+            os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return ZERO3
+    if deepspeed:
+        return DEEPSPEED
+    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return FSDP
+    return None
+
+
+def shards_parameters(args: object) -> bool:
+    """Whether the student's (and a live teacher's) parameters themselves are sharded: ZeRO-3 or FSDP. Then every
+    forward pass is a collective, and a weight read outside one is a shard or a placeholder."""
+    return strategy(args) in (ZERO3, FSDP)
 
 
 def _partitioned(param: torch.Tensor) -> bool:

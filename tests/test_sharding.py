@@ -1,4 +1,4 @@
-"""`hf_distill.zero3` on models that are not partitioned (the path every non-ZeRO-3 run takes, and what CI can run:
+"""`hf_distill.sharding` on models that are not partitioned (the path every non-ZeRO-3 run takes, and what CI can run:
 the partitioned path needs `deepspeed`, see tests/test_distributed_strategies.py), and the report's accounting of
 ZeRO-3 placeholders."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hf_distill.report import count_parameters, model_size_mb
-from hf_distill.zero3 import gathered, is_partitioned, load_whole_state_dict, runnable, whole_state_dict
+from hf_distill.sharding import gathered, is_partitioned, load_whole_state_dict, runnable, whole_state_dict
 from tests.helpers import tiny_gpt2
 
 
@@ -52,16 +52,24 @@ def test_the_report_counts_a_zero3_placeholder_as_its_whole_parameter():
 
 
 def test_the_sharding_strategy_is_read_from_the_arguments_or_accelerate(monkeypatch):
-    from hf_distill.pipeline import _sharding_strategy
+    from hf_distill.sharding import DEEPSPEED, FSDP, ZERO3, shards_parameters, strategy
 
-    plain = types.SimpleNamespace(deepspeed=None, fsdp=False)
-    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_USE_FSDP"):
         monkeypatch.delenv(name, raising=False)
-    assert _sharding_strategy(plain) is None
-    assert _sharding_strategy(types.SimpleNamespace(deepspeed="ds.json", fsdp=False)) == "DeepSpeed"
-    assert _sharding_strategy(types.SimpleNamespace(deepspeed=None, fsdp=[{"version": 2}])) == "FSDP"
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config sets
-    assert _sharding_strategy(plain) == "FSDP"
+    plain = types.SimpleNamespace(deepspeed=None, fsdp=False)
+    assert strategy(plain) is None and not shards_parameters(plain)
+    assert strategy(types.SimpleNamespace(deepspeed="ds_zero2.json", fsdp=False)) == DEEPSPEED
+    zero3 = types.SimpleNamespace(deepspeed="ds.json", fsdp=False,
+                                  hf_deepspeed_config=types.SimpleNamespace(is_zero3=lambda: True))
+    assert strategy(zero3) == ZERO3 and shards_parameters(zero3)
+    assert strategy(types.SimpleNamespace(deepspeed=None, fsdp=[{"version": 2}])) == FSDP
+    # what `accelerate launch` sets from its configuration file
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert strategy(plain) == FSDP
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert strategy(plain) == DEEPSPEED and not shards_parameters(plain)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert strategy(plain) == ZERO3
 
 
 def test_a_teacher_finetune_is_refused_before_any_work_in_a_sharded_distillation(tmp_path, monkeypatch):
@@ -70,7 +78,7 @@ def test_a_teacher_finetune_is_refused_before_any_work_in_a_sharded_distillation
     from hf_distill import pipeline
     from hf_distill.recipes import RecipeError, find_recipe, load_recipe
 
-    monkeypatch.setattr(pipeline, "_sharding_strategy", lambda config: "DeepSpeed")
+    monkeypatch.setattr(pipeline, "sharding_strategy", lambda config: "DeepSpeed")
     out = tmp_path / "out"
     recipe = load_recipe(find_recipe("language-gpt2-cached"), [f"training.output_dir={out}", "training.use_cpu=true"])
     with pytest.raises(RecipeError, match=r"`teacher.finetune` cannot run in a DeepSpeed distillation"):
