@@ -94,6 +94,20 @@ def _torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     return result
 
 
+def _recipe_under_zero3(tmp_path: Path, recipe: str, *sets: str) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """`hf-distill train RECIPE` on 2 CPU processes under ZeRO-3 (the saved student gathered whole), with the given
+    `--set` overrides; returns the run, its report and its output folder."""
+    config = tmp_path / "zero3.json"
+    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                  "zero_optimization": {"stage": 3,
+                                                        "stage3_gather_16bit_weights_on_model_save": True}}))
+    out = tmp_path / "out"
+    sets = (f"training.output_dir={out}", "training.use_cpu=true", f"training.deepspeed={config}",
+            "training.disable_tqdm=true", *sets)
+    result = _torchrun("-m", "hf_distill.cli", "train", recipe, *[a for s in sets for a in ("--set", s)])
+    return result, json.loads((out / "report.json").read_text()), out
+
+
 @pytest.mark.slow
 def test_a_student_built_from_a_zero3_partitioned_teacher_gets_its_weights(tmp_path):
     """With ZeRO-3 on before loading (as transformers documents), the teacher is partitioned at load: each process
@@ -115,17 +129,9 @@ def test_the_quickstart_recipe_runs_under_zero3_and_reports_whole_models(tmp_pat
     (the main process alone used to wait forever for the others) and models partitioned outside an engine are
     gathered for them; the report counts whole models. Needs `deepspeed`: skipped in CI."""
     pytest.importorskip("deepspeed")
-    config = tmp_path / "zero3.json"
-    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                                  "zero_optimization": {"stage": 3,
-                                                        "stage3_gather_16bit_weights_on_model_save": True}}))
-    out = tmp_path / "out"
-    sets = [f"training.output_dir={out}", "training.use_cpu=true", f"training.deepspeed={config}",
-            "training.disable_tqdm=true", "training.per_device_train_batch_size=8", "data.max_train_samples=32",
-            "data.max_eval_samples=8"]
-    result = _torchrun("-m", "hf_distill.cli", "train", "quickstart", *[a for s in sets for a in ("--set", s)])
+    result, report, out = _recipe_under_zero3(tmp_path, "quickstart", "training.per_device_train_batch_size=8",
+                                              "data.max_train_samples=32", "data.max_eval_samples=8")
     assert result.stdout.count("written to") == 1  # the main process prints and writes
-    report = json.loads((out / "report.json").read_text())
     assert report["teacher"]["parameters"] == 22_713_216 and report["student"]["parameters"] == 17_389_824
     weights = load_file(out / "model.safetensors")
     assert sum(v.numel() for v in weights.values()) == 17_389_824  # gathered whole when saved
@@ -150,17 +156,10 @@ def test_a_cached_language_recipe_runs_under_zero3(tmp_path):
     recipe = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "language-gpt2-cached.yaml").read_text())
     recipe["teacher"] = {"model": str(tmp_path / "teacher"), "cache": {"path": str(tmp_path / "cache"), "top_k": 8}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    config = tmp_path / "zero3.json"
-    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                                  "zero_optimization": {"stage": 3,
-                                                        "stage3_gather_16bit_weights_on_model_save": True}}))
-    out = tmp_path / "out"
-    sets = [f"training.output_dir={out}", "training.use_cpu=true", f"training.deepspeed={config}",
-            "training.disable_tqdm=true", "training.max_steps=3", "training.per_device_train_batch_size=4",
-            "data.max_train_samples=48", "data.max_eval_samples=8", "data.max_length=32",
-            "student.from_teacher.num_layers=1"]
-    _torchrun("-m", "hf_distill.cli", "train", str(tmp_path / "recipe.yaml"), *[a for s in sets for a in ("--set", s)])
-    report = json.loads((out / "report.json").read_text())
+    _, report, _ = _recipe_under_zero3(tmp_path, str(tmp_path / "recipe.yaml"), "training.max_steps=3",
+                                       "training.per_device_train_batch_size=4", "data.max_train_samples=48",
+                                       "data.max_eval_samples=8", "data.max_length=32",
+                                       "student.from_teacher.num_layers=1")
     one_layer = sum(p.numel() for p in teacher.transformer.h[0].parameters())
     assert report["teacher"]["parameters"] == teacher.num_parameters()  # whole, though partitioned in training
     assert report["student"]["parameters"] == teacher.num_parameters() - one_layer
@@ -173,15 +172,8 @@ def test_the_ranking_recipe_runs_under_zero3_without_an_evaluation_before_traini
     never builds its own (the first backward failed: transformers #30205), so the ranking recipe skips its
     before-training evaluation there. Needs `deepspeed`: skipped in CI."""
     pytest.importorskip("deepspeed")
-    config = tmp_path / "zero3.json"
-    config.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                                  "zero_optimization": {"stage": 3,
-                                                        "stage3_gather_16bit_weights_on_model_save": True}}))
-    out = tmp_path / "out"
-    sets = [f"training.output_dir={out}", "training.use_cpu=true", f"training.deepspeed={config}",
-            "training.disable_tqdm=true", "training.max_steps=2", "data.max_train_samples=32",
-            "data.max_eval_samples=8", "training.per_device_eval_batch_size=8"]
-    _torchrun("-m", "hf_distill.cli", "train", "ranking-margin-mse", *[a for s in sets for a in ("--set", s)])
-    report = json.loads((out / "report.json").read_text())
+    _, report, _ = _recipe_under_zero3(tmp_path, "ranking-margin-mse", "training.max_steps=2",
+                                       "data.max_train_samples=32", "data.max_eval_samples=8",
+                                       "training.per_device_eval_batch_size=8")
     assert report["student"]["parameters"] == 17_389_824 and report["student"]["metric"] is not None
     assert "eval_mrr@10" in report["eval"] and "eval_mrr@10_before_training" not in report["eval"]
