@@ -6,6 +6,7 @@ objectives turn those into loss terms, and the trainer normalises, sums and logs
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -762,7 +763,8 @@ class DistillationTrainer(Trainer):
             self.preflight()
         except Exception:
             if self._made_output_dir and os.path.isdir(self.args.output_dir) and not os.listdir(self.args.output_dir):
-                os.rmdir(self.args.output_dir)
+                with contextlib.suppress(OSError):  # every process checks; another may have removed it already
+                    os.rmdir(self.args.output_dir)
             raise
 
     def preflight(self) -> None:
