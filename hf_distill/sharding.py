@@ -43,7 +43,8 @@ def strategy(args: object) -> str | None:
 
 def shards_parameters(args: object) -> bool:
     """Whether the student's (and a live teacher's) parameters themselves are sharded: ZeRO-3 or FSDP. Then every
-    forward pass is a collective, and a weight read outside one is a shard or a placeholder."""
+    forward pass is a collective, and a weight read outside one is a shard or a placeholder. From the arguments, for
+    checks before the `Trainer` exists; after, its accelerator says (`trainer._shards_parameters`)."""
     return strategy(args) in (ZERO3, FSDP)
 
 
