@@ -20,7 +20,7 @@ from transformers.utils import logging
 
 from .checks import remote_code_guard
 from .recipes import Recipe, RecipeError, build_config, build_peft_config, resolve_model_reference, teacher_dir
-from .sharding import loaded_whole
+from .sharding import accelerator_shards_parameters, loaded_whole
 from .sharding import strategy as sharding_strategy
 
 logger = logging.get_logger(__name__)
@@ -917,9 +917,7 @@ def _forwards_are_collective(trainer: Any) -> bool:
     """Under DeepSpeed ZeRO-3 or FSDP every forward pass of the student or the teacher gathers parameters from all
     processes, so what only the main process would do with them (the retrieval evaluation, the report's timing) is
     done by every process, the same passes in the same order, and only the main process writes."""
-    from .trainer import _shards_parameters
-
-    return _shards_parameters(trainer.accelerator)  # the strategy the run's accelerator actually set up
+    return accelerator_shards_parameters(trainer.accelerator)  # the strategy the run's accelerator actually set up
 
 
 def _config_from_spec(spec: dict[str, Any], tokenizer: Any, **extra: Any) -> Any:

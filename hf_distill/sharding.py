@@ -11,12 +11,14 @@ parameters for the duration (a collective: every process calls them together) an
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["ZERO3", "FSDP", "DEEPSPEED", "strategy", "shards_parameters", "is_partitioned", "shape_of", "gathered",
+__all__ = ["ZERO3", "FSDP", "DEEPSPEED", "strategy", "shards_parameters", "accelerator_shards_parameters",
+           "is_partitioned", "shape_of", "gathered",
            "runnable", "loaded_whole", "whole_state_dict", "load_whole_state_dict"]
 
 ZERO3, DEEPSPEED, FSDP = "DeepSpeed ZeRO-3", "DeepSpeed", "FSDP"
@@ -25,8 +27,6 @@ ZERO3, DEEPSPEED, FSDP = "DeepSpeed ZeRO-3", "DeepSpeed", "FSDP"
 def strategy(args: object) -> str | None:
     """`ZERO3`, `DEEPSPEED` (stages 0-2), `FSDP` or None, from the training arguments or the environment that
     ``accelerate launch`` sets from its configuration file."""
-    import os
-
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     hf_config = getattr(args, "hf_deepspeed_config", None)
@@ -44,8 +44,18 @@ def strategy(args: object) -> str | None:
 def shards_parameters(args: object) -> bool:
     """Whether the student's (and a live teacher's) parameters themselves are sharded: ZeRO-3 or FSDP. Then every
     forward pass is a collective, and a weight read outside one is a shard or a placeholder. From the arguments, for
-    checks before the `Trainer` exists; after, its accelerator says (`trainer._shards_parameters`)."""
+    checks before the `Trainer` exists; after, its accelerator says (`accelerator_shards_parameters`)."""
     return strategy(args) in (ZERO3, FSDP)
+
+
+def accelerator_shards_parameters(accelerator: object) -> bool:
+    """`shards_parameters` as the run's accelerator set it up (ZeRO-3 or FSDP)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.deepspeed_plugin if accelerator.distributed_type == DistributedType.DEEPSPEED else None
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def _partitioned(param: torch.Tensor) -> bool:
@@ -88,8 +98,8 @@ def runnable(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def loaded_whole(args: object) -> Iterator[None]:
     """Models loaded inside the block are whole on every process even though ``args`` (training arguments) switch
-    ZeRO-3 on: for a teacher that is fine-tuned or cached before the distillation (plain `Trainer` / one process),
-    which the distillation's engine then partitions like any model."""
+    ZeRO-3 on: for a teacher cached before the distillation (by one process), which the distillation's engine then
+    partitions like any model."""
     from transformers.integrations.deepspeed import (
         is_deepspeed_zero3_enabled,
         set_hf_deepspeed_config,

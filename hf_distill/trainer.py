@@ -42,6 +42,7 @@ from .config import DistillationConfig
 from .objectives import OBJECTIVES, build_objectives
 from .objectives.logits import JointLogitTerms
 from .sharding import DEEPSPEED, ZERO3, shards_parameters
+from .sharding import accelerator_shards_parameters as _shards_parameters
 from .sharding import strategy as sharding_strategy
 from .signals import Signals, feature_paths
 from .tasks import TaskAdapter, base_model_of, resolve_task
@@ -212,8 +213,8 @@ class DistillationTrainer(Trainer):
                 raise ValueError(f"`fused: true` ({self._joint.divergence_item.key!r}) is for causal language models; "
                                  f"this run's task is {self.task.name!r}. Remove `fused`.")
             check_head(model)
-            sharded = sharding_strategy(args)
             if shards_parameters(args):
+                sharded = sharding_strategy(args)
                 raise ValueError(
                     f"`fused: true` ({self._joint.divergence_item.key!r}) reads the student's LM head weight outside "
                     f"its forward pass, and {sharded} holds that weight sharded across processes there. Remove "
@@ -1121,14 +1122,6 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """A model's state dict as separate contiguous CPU tensors (safetensors refuses tensors that share memory, as
     tied embeddings do; loading fills both names again)."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
-
-
-def _shards_parameters(accelerator: Any) -> bool:
-    """Whether the run's strategy splits each model's parameters across processes (ZeRO-3, FSDP)."""
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    plugin = accelerator.state.deepspeed_plugin if accelerator.distributed_type == DistributedType.DEEPSPEED else None
-    return plugin is not None and plugin.zero_stage == 3
 
 
 class _MovingAverageTeacher(TrainerCallback):
