@@ -213,17 +213,22 @@ def check_labels(student: Signals, objectives: Iterable[Any]) -> None:
 def check_signals_present(signals: Signals | None, requires: Iterable[str], objectives: Iterable[Any], role: str,
                           model: nn.Module | None) -> None:
     """The hidden states / attentions an objective reads were produced: some models leave them out silently
-    (attentions under SDPA or flash attention). Other signals are checked where they are used."""
+    (attentions under SDPA or flash attention); the rows' positives' embeddings exist only when the data gives each
+    row a positive. Other signals are checked where they are used."""
     if signals is None:
         return
     objectives = list(objectives)
-    for name in sorted(set(requires) & {"hidden_states", "attentions"}):
+    for name in sorted(set(requires) & {"hidden_states", "attentions", "positive_embeddings"}):
         if getattr(signals, name, None) is not None:
             continue
-        users = [item.key for item in objectives if name in item.objective.requires]
+        users = [item.key for item in objectives
+                 if name in (item.objective.requires if role == "student" else item.objective.teacher_signals())]
         if not users:
             continue
         fix = {
+            "positive_embeddings": "Give each training row a relevant `positive` text (recipes: a `positive` column, "
+            "`data.columns.positive`, or `bundled: corpus_pairs`; in code: "
+            "`hf_distill.tasks.embedding.add_positive_tokens(dataset, tokenizer)`).",
             "attentions": "Load the model with attn_implementation='eager' (SDPA and flash attention return no "
             "attention weights).",
             "hidden_states": "Use a model whose forward accepts `output_hidden_states=True`, or drop the objective.",

@@ -38,6 +38,7 @@ __all__ = [
     "embedding_cosine",
     "embedding_l2",
     "similarity_kd",
+    "aligned_contrastive",
     "dkd",
     "pld",
     "adaptive_kd",
@@ -648,6 +649,37 @@ def similarity_kd(student: torch.Tensor, teacher: torch.Tensor, reduction: Reduc
     s = F.normalize(student.float(), dim=-1)
     t = F.normalize(teacher.float(), dim=-1)
     return _rows((s @ s.T - t @ t.T).pow(2).mean(dim=-1), reduction)
+
+
+def aligned_contrastive(student: torch.Tensor, teacher_positives: torch.Tensor, scale: float = 20.0,
+                        reduction: Reduction = "mean") -> torch.Tensor:
+    """Contrastive alignment into the teacher's space: row ``i``'s student embedding should find the teacher's
+    embedding of its own positive among the teacher's embeddings of every row's positive.
+
+    Formula, with cosine similarities and ``s = scale``::
+
+        mean over rows i of  −log( exp(s · cos(student_i, teacher_i)) / Σ_j exp(s · cos(student_i, teacher_j)) )
+
+    ``student`` ``[B, D]`` (e.g. the student's embeddings of queries) and ``teacher_positives`` ``[B, D]`` (the
+    teacher's embeddings of each query's relevant passage); the other rows' positives are the negatives. This is
+    sentence-transformers' MultipleNegativesRankingLoss (van den Oord et al. 2018, InfoNCE, arXiv:1807.03748) with
+    the candidates encoded by the *teacher*: what a student whose queries search an index the teacher built
+    (LEAF's setting) is evaluated on. ``scale`` 20 is sentence-transformers' default (a temperature of 0.05).
+
+    Example::
+
+        >>> s = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> round(aligned_contrastive(s, t, scale=1.0).item(), 4)  # −log(e / (e + 1)) per row
+        0.3133
+    """
+    _check_same_shape(student, teacher_positives)
+    if student.dim() != 2:
+        raise ValueError(f"student and teacher embeddings must be [B, D], got {tuple(student.shape)}.")
+    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < float("inf")):
+        raise ValueError(f"`scale` must be a positive finite number, got {scale!r}.")
+    logits = scale * F.normalize(student.float(), dim=-1) @ F.normalize(teacher_positives.float(), dim=-1).T
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return _rows(F.cross_entropy(logits, targets, reduction="none"), reduction)
 
 
 def _labelled_rows(

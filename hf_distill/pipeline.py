@@ -126,13 +126,15 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
     """The raw train/eval datasets, with their text and label columns checked."""
     from datasets import Dataset, DatasetDict, load_dataset
 
-    from .data import classification_dataset, load_corpus, ranking_dataset
+    from .data import classification_dataset, corpus_pairs, load_corpus, ranking_dataset
     from .data.images import digits_dataset
 
     data = recipe["data"]
     columns = data.get("columns") or {}
     text_column, label_column = columns.get("text", "text"), columns.get("label", "label")
     needs_labels = task in ("classification", "vision")
+    positive_column = columns.get("positive", "positive")
+    needs_positives = _needs_positives(recipe)
     loaded: dict[str, Any] = {}
     problems: list[str] = []
     for split in ("train", "eval"):
@@ -146,6 +148,8 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
                 dataset = ranking_dataset(part)
             elif spec["bundled"] == "digits":
                 dataset = digits_dataset(part)
+            elif spec["bundled"] == "corpus_pairs":
+                dataset = corpus_pairs(part)
             else:
                 dataset = load_corpus(part) if spec["bundled"] == "corpus" else classification_dataset()[part]
         else:
@@ -179,6 +183,12 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
                 f"`data.columns.text`: the {split} data has no column {text_column!r}; its columns are "
                 f"{dataset.column_names}. Set data.columns.text to one of them."
             )
+        if split == "train" and needs_positives and positive_column not in dataset.column_names:
+            problems.append(
+                f"`data.columns.positive`: objective aligned_contrastive needs a relevant text per training row, but "
+                f"the train data has no column {positive_column!r}; its columns are {dataset.column_names}. Set "
+                "data.columns.positive to the column that holds it, or use `bundled: corpus_pairs`."
+            )
         if needs_labels and label_column not in dataset.column_names:
             problems.append(
                 f"`data.columns.label`: {task} needs labels but the {split} data has no column "
@@ -189,6 +199,12 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
     if problems:
         raise RecipeError(problems, str(recipe.source) if recipe.source else None)
     return loaded
+
+
+def _needs_positives(recipe: Recipe) -> bool:
+    """Whether an objective reads each row's positive text (`aligned_contrastive`)."""
+    return any((spec if isinstance(spec, str) else spec.get("name")) == "aligned_contrastive"
+               for spec in recipe["objectives"] or [] if isinstance(spec, (str, dict)))
 
 
 def _ranking_column_problems(columns: list[str], split: str) -> list[str]:
@@ -241,7 +257,9 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
     """Classification: truncated texts with labels. Causal LM: the texts joined by EOS and cut into blocks of
     ``max_length`` tokens (labels = inputs; the model shifts them). Masked LM: truncated texts (the collator masks).
     Embedding or classification with a ``teacher_tokenizer`` (a teacher of another vocabulary): each text also as the
-    teacher's tokens (``teacher_input_ids``, ...), cut to the same ``max_length``."""
+    teacher's tokens (``teacher_input_ids``, ...), cut to the same ``max_length``. Embedding data with a positive
+    column (``data.columns.positive``, default ``positive``) and `aligned_contrastive` among the objectives: each
+    row's positive tokenised too."""
     if task == "ranking":  # rows stay text: the ranking collator tokenises queries, passages and pairs per batch
         return dict(datasets)
     columns = recipe["data"].get("columns") or {}
@@ -262,6 +280,13 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
                          return_special_tokens_mask=task == "language")
 
     keep = {"input_ids", "attention_mask", "token_type_ids"}
+    positive_column = columns.get("positive", "positive")
+    if task == "embedding" and _needs_positives(recipe):
+        from .tasks.embedding import HAS_POSITIVE, POSITIVE_COLUMNS, add_positive_tokens
+
+        keep |= {*POSITIVE_COLUMNS, HAS_POSITIVE}
+        datasets = {split: add_positive_tokens(dataset, tokenizer, positive_column, max_length)
+                    if positive_column in dataset.column_names else dataset for split, dataset in datasets.items()}
     if teacher_tokenizer is not None:
         from .tasks.tokens import TEACHER_COLUMNS, add_teacher_tokens
 
@@ -316,7 +341,11 @@ def _collator(task: str, causal: bool, tokenizer: Any, teacher_tokenizer: Any = 
         return None  # the trainer builds the task's own (RankingCollator, TeacherTokensCollator) for its two models
     if task == "vision":
         return default_data_collator  # stacks pixel_values; `label` becomes `labels`
-    if task in ("classification", "embedding"):
+    if task == "embedding":  # each row's positive, if the data has them, padded apart
+        from .tasks.embedding import PositivesCollator
+
+        return PositivesCollator(DataCollatorWithPadding(tokenizer), tokenizer)
+    if task == "classification":
         return DataCollatorWithPadding(tokenizer)
     if causal:
         return default_data_collator  # fixed-length blocks with labels

@@ -39,8 +39,8 @@ __all__ = [
     "shipped_recipes",
 ]
 
-BUNDLED_DATASETS = ("corpus", "topics", "ranking", "digits")
-TEXT_BUNDLED_DATASETS = ("corpus", "topics", "ranking")
+BUNDLED_DATASETS = ("corpus", "corpus_pairs", "topics", "ranking", "digits")
+TEXT_BUNDLED_DATASETS = ("corpus", "corpus_pairs", "topics", "ranking")
 TASK_CHOICES = ("auto", "language", "classification", "embedding", "ranking", "vision")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 
@@ -153,8 +153,9 @@ RECIPE_SCHEMA: dict[str, Key] = {
     "data": _mapping(
         "Training and evaluation data.",
         {
-            "train": Key((dict,), "Training data: `{bundled: corpus|topics|ranking|digits, split: train|test}` for "
-                         "the bundled data (digits: 8×8 handwritten digits as 16×16 `pixel_values`, for task vision; "
+            "train": Key((dict,), "Training data: `{bundled: corpus|corpus_pairs|topics|ranking|digits, split: "
+                         "train|test}` for the bundled data (corpus_pairs: (query, relevant passage) rows as `text` "
+                         "and `positive`; digits: 8×8 handwritten digits as 16×16 `pixel_values`, for task vision; "
                          "see docs/data.md), or any `datasets.load_dataset` arguments, e.g. {path: "
                          "json, data_files: data/train.jsonl, split: train}; relative data_files are relative to "
                          "the recipe file.",
@@ -165,6 +166,8 @@ RECIPE_SCHEMA: dict[str, Key] = {
                 {
                     "text": Key((str,), "The text column (default: text)."),
                     "label": Key((str,), "The label column for classification (default: label)."),
+                    "positive": Key((str,), "Embedding task: a column holding a relevant text for each row (empty "
+                                    "where a row has none), read by `aligned_contrastive` (default: positive)."),
                 },
             ),
             "max_length": Key((int,), "Tokens per example (classification: truncation; language: block size).",

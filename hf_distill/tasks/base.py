@@ -128,6 +128,8 @@ class TaskAdapter:
     own_teacher_tokens = False
     #: Dataset columns holding the teacher's own tokens, kept for it when the student's `forward` does not name them.
     teacher_columns: tuple[str, ...] = ()
+    #: Other dataset columns this task's collator reads (kept though the student's `forward` does not name them).
+    extra_columns: tuple[str, ...] = ()
     #: The signals that are one per text (or pair), so objectives on them work when the teacher has its own tokens.
     token_free_signals: frozenset[str] = frozenset()
 

@@ -14,13 +14,19 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from ..signals import Signals
 from .base import TASKS, TaskAdapter, base_model_of, token_mask_of, unwrap_model
-from .tokens import OwnTeacherTokens, add_teacher_tokens
+from .tokens import TEXT_KEYS, OwnTeacherTokens, add_teacher_tokens
 
-__all__ = ["EmbeddingTask", "Pooling", "POOLING_MODES", "pool", "add_teacher_tokens"]
+__all__ = ["EmbeddingTask", "Pooling", "POOLING_MODES", "POSITIVE_COLUMNS", "PositivesCollator", "pool",
+           "add_positive_tokens", "add_teacher_tokens"]
 
 POOLING_MODES = ("mean", "cls", "last")
 _BASE_MODELS = frozenset(MODEL_MAPPING_NAMES.values())
 _NAMED_POOLING = {"mean": "mean", "cls": "cls", "lasttoken": "last", "last": "last"}
+#: What a row's positive text (a relevant passage for the row's text) is prefixed with once tokenised.
+POSITIVE_PREFIX = "positive_"
+#: The columns that hold the positive's tokens, and which rows have a positive at all.
+POSITIVE_COLUMNS = tuple(f"{POSITIVE_PREFIX}{key}" for key in TEXT_KEYS)
+HAS_POSITIVE = "has_positive"
 
 
 @dataclass
@@ -91,6 +97,47 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: Poo
     return embedding
 
 
+def add_positive_tokens(dataset: Any, tokenizer: Any, positive_column: str = "positive", max_length: int = 256,
+                        **map_kwargs: Any) -> Any:
+    """``dataset`` with its ``positive_column`` (a relevant text per row; None or empty where a row has none)
+    tokenised as ``positive_input_ids`` / ``positive_attention_mask`` (/ ``positive_token_type_ids``), cut to
+    ``max_length``, and a boolean ``has_positive`` column: what `objectives.AlignedContrastive` reads."""
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        texts = [text if isinstance(text, str) else "" for text in batch[positive_column]]
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
+        columns = {f"{POSITIVE_PREFIX}{key}": value for key, value in encoded.items() if key in TEXT_KEYS}
+        return {**columns, HAS_POSITIVE: [bool(text.strip()) for text in texts]}
+
+    return dataset.map(tokenize, batched=True, **map_kwargs)
+
+
+@dataclass
+class PositivesCollator:
+    """Pad the rows' own inputs with ``collator`` and their positives' tokens (`add_positive_tokens`) with
+    ``tokenizer``, each to its own length; the positives keep their ``positive_`` prefix, and ``positive_mask``
+    (``[B]`` booleans) says which rows have one. Rows without positive columns pass to ``collator`` unchanged."""
+
+    collator: Any
+    tokenizer: Any
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        first = f"{POSITIVE_PREFIX}input_ids"
+        if not any(first in row for row in features):
+            return self.collator(features)
+        missing = [i for i, row in enumerate(features) if first not in row]
+        if missing:
+            raise ValueError(f"Rows {missing[:5]} of this batch have no `{first}` while others do: tokenise every "
+                             "row's positive with `hf_distill.tasks.embedding.add_positive_tokens`.")
+        own = [{key[len(POSITIVE_PREFIX):]: row[key] for key in POSITIVE_COLUMNS if key in row} for row in features]
+        drop = (*POSITIVE_COLUMNS, HAS_POSITIVE)
+        batch = dict(self.collator([{key: value for key, value in row.items() if key not in drop}
+                                    for row in features]))
+        padded = self.tokenizer.pad(own, padding=True, return_tensors="pt")
+        batch.update({f"{POSITIVE_PREFIX}{key}": value for key, value in padded.items()})
+        batch["positive_mask"] = torch.tensor([bool(row.get(HAS_POSITIVE, True)) for row in features])
+        return batch
+
+
 @TASKS.register
 class EmbeddingTask(OwnTeacherTokens, TaskAdapter):
     """Embedding distillation for any `AutoModel` (BERT, MiniLM, ...): ``Signals.embeddings`` is ``[B, D]``.
@@ -146,6 +193,18 @@ class EmbeddingTask(OwnTeacherTokens, TaskAdapter):
     #: Pooled embeddings need no shared vocabulary: a teacher of another tokenizer reads its own tokens, from the
     #: ``teacher_input_ids`` / ``teacher_attention_mask`` columns (`tokens.add_teacher_tokens`).
     token_free_signals = frozenset({"embeddings"})
+    #: Each row's positive text, tokenised (`add_positive_tokens`), for ``positive_embeddings``.
+    extra_columns = (*POSITIVE_COLUMNS, HAS_POSITIVE)
+
+    def default_collator(self, tokenizer: Any, args: Any, student: Any, teacher: Any, training: bool = True,
+                         teacher_tokenizer: Any = None) -> Any:
+        """With a ``teacher_tokenizer``, `OwnTeacherTokens`'s (each model's tokens padded apart); else padding with
+        the student's tokenizer, each row's positive (when the data has them) padded apart (`PositivesCollator`)."""
+        if teacher_tokenizer is not None or tokenizer is None:
+            return super().default_collator(tokenizer, args, student, teacher, training, teacher_tokenizer)
+        from transformers import DataCollatorWithPadding
+
+        return PositivesCollator(DataCollatorWithPadding(tokenizer), tokenizer)
 
     def save_extras(self, output_dir: str, model: nn.Module, objectives: nn.Module) -> None:
         """Write the sentence-transformers files, so `SentenceTransformer(output_dir)` and `SentenceEncoder` load
@@ -175,13 +234,30 @@ class EmbeddingTask(OwnTeacherTokens, TaskAdapter):
 
     def run(self, model: nn.Module, batch: dict[str, Any], requires: frozenset[str]) -> Signals:
         outputs = model(**self.model_inputs(batch), **self.output_kwargs(requires))
-        return Signals(
+        signals = Signals(
             embeddings=pool(outputs.last_hidden_state, batch.get("attention_mask"), self.pooling_of(model)),
             mask=self.item_mask(batch),
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
             token_mask=token_mask_of(batch),
         )
+        if "positive_embeddings" in requires and f"{POSITIVE_PREFIX}input_ids" in batch:
+            signals.positive_embeddings, signals.positive_mask = self._positive_embeddings(model, batch)
+        return signals
+
+    def _positive_embeddings(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, D]`` the pooled embeddings of the rows' positives (zeros where a row has none) and the ``[B]`` mask
+        of rows that have one; only those rows go through ``model``."""
+        has = batch.get("positive_mask")
+        has = torch.ones(batch[f"{POSITIVE_PREFIX}input_ids"].shape[0], dtype=torch.bool) if has is None else has
+        has = has.to(device=batch[f"{POSITIVE_PREFIX}input_ids"].device, dtype=torch.bool)
+        if not bool(has.any()):
+            return torch.zeros((has.shape[0], self.embedding_width(model)), device=has.device), has
+        inputs = {key: batch[f"{POSITIVE_PREFIX}{key}"][has] for key in TEXT_KEYS if f"{POSITIVE_PREFIX}{key}" in batch}
+        embedded = pool(model(**inputs).last_hidden_state, inputs.get("attention_mask"), self.pooling_of(model))
+        out = embedded.new_zeros((has.shape[0], embedded.shape[-1]))
+        out[has] = embedded
+        return out, has
 
     def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if teacher is None or student.embeddings.shape != teacher.embeddings.shape:
