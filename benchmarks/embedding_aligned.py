@@ -16,7 +16,8 @@ the student's layers 1, 2, 3 to the teacher's 1, 4, 6 (each can be switched off)
         [--data passages|mixed|pairs] [--contrastive 1.0]
 
 It prints one JSON line (the options, training seconds, every retrieval figure) and the aligned nDCG@10 as a share
-of the teacher's. Deterministic for the same options and machine (seed 0, default options: 0.5439 aligned).
+of the teacher's. Deterministic for the same options and machine (seed 0, default options: 0.5439 aligned;
+``--data mixed --contrastive 1``: 0.5711; ``--data pairs --contrastive 1``: 0.5750).
 """
 
 from __future__ import annotations
