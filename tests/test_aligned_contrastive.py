@@ -226,3 +226,22 @@ def test_several_teachers_combine_their_positives_like_their_embeddings():
     combined = combine_signals([a, b], [3.0, 1.0], combine="logits")
     torch.testing.assert_close(combined.positive_embeddings, torch.ones(2, 3))
     assert combined.positive_mask.tolist() == [True, False]
+
+
+def test_a_batch_without_positives_still_runs_the_teacher_once_and_gives_zeros(tokenizer, teacher):
+    """Every process must run the same forward passes (a ZeRO-3 / FSDP teacher gathers its weights in each), so a
+    batch whose rows all lack a positive still sends one row through, and keeps zeros."""
+    from hf_distill.tasks.embedding import EmbeddingTask
+
+    rows = [dict(r) for r in _rows(tokenizer, ["One query.", "Another query."], [None, ""])]
+    batch = PositivesCollator(DataCollatorWithPadding(tokenizer), tokenizer)(rows)
+    calls = []
+    handle = teacher.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        with torch.no_grad():
+            signals = EmbeddingTask().run(teacher, batch, frozenset({"embeddings", "positive_embeddings"}))
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # the rows, and the (empty) positives
+    assert signals.positive_mask.tolist() == [False, False]
+    assert torch.count_nonzero(signals.positive_embeddings) == 0

@@ -247,16 +247,19 @@ class EmbeddingTask(OwnTeacherTokens, TaskAdapter):
 
     def _positive_embeddings(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, D]`` the pooled embeddings of the rows' positives (zeros where a row has none) and the ``[B]`` mask
-        of rows that have one; only those rows go through ``model``."""
+        of rows that have one; only those rows go through ``model`` (the first row when none has one)."""
         has = batch.get("positive_mask")
         has = torch.ones(batch[f"{POSITIVE_PREFIX}input_ids"].shape[0], dtype=torch.bool) if has is None else has
         has = has.to(device=batch[f"{POSITIVE_PREFIX}input_ids"].device, dtype=torch.bool)
-        if not bool(has.any()):
-            return torch.zeros((has.shape[0], self.embedding_width(model)), device=has.device), has
-        inputs = {key: batch[f"{POSITIVE_PREFIX}{key}"][has] for key in TEXT_KEYS if f"{POSITIVE_PREFIX}{key}" in batch}
+        # At least one row goes through, so that every process runs the same forward passes (a ZeRO-3 / FSDP model
+        # gathers its weights in each one); a batch without positives then keeps zeros.
+        rows = has if bool(has.any()) else torch.arange(has.shape[0], device=has.device) == 0
+        inputs = {key: batch[f"{POSITIVE_PREFIX}{key}"][rows] for key in TEXT_KEYS
+                  if f"{POSITIVE_PREFIX}{key}" in batch}
         embedded = pool(model(**inputs).last_hidden_state, inputs.get("attention_mask"), self.pooling_of(model))
         out = embedded.new_zeros((has.shape[0], embedded.shape[-1]))
-        out[has] = embedded
+        out[rows] = embedded
+        out[~has] = 0.0
         return out, has
 
     def eval_sums(self, student: Signals, teacher: Signals | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
