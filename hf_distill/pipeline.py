@@ -134,7 +134,7 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
     text_column, label_column = columns.get("text", "text"), columns.get("label", "label")
     needs_labels = task in ("classification", "vision")
     positive_column = columns.get("positive", "positive")
-    needs_positives = _needs_positives(recipe)
+    positive_readers = _positive_readers(recipe)
     loaded: dict[str, Any] = {}
     problems: list[str] = []
     for split in ("train", "eval"):
@@ -183,9 +183,9 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
                 f"`data.columns.text`: the {split} data has no column {text_column!r}; its columns are "
                 f"{dataset.column_names}. Set data.columns.text to one of them."
             )
-        if split == "train" and needs_positives and positive_column not in dataset.column_names:
+        if split == "train" and positive_readers and positive_column not in dataset.column_names:
             problems.append(
-                f"`data.columns.positive`: objective aligned_contrastive needs a relevant text per training row, but "
+                f"`data.columns.positive`: objective(s) {positive_readers} need a relevant text per training row, but "
                 f"the train data has no column {positive_column!r}; its columns are {dataset.column_names}. Set "
                 "data.columns.positive to the column that holds it, or use `bundled: corpus_pairs`."
             )
@@ -201,10 +201,14 @@ def load_data(recipe: Recipe, task: str) -> dict[str, Any]:
     return loaded
 
 
-def _needs_positives(recipe: Recipe) -> bool:
-    """Whether an objective reads each row's positive text (`aligned_contrastive`)."""
-    return any((spec if isinstance(spec, str) else spec.get("name")) == "aligned_contrastive"
-               for spec in recipe["objectives"] or [] if isinstance(spec, (str, dict)))
+def _positive_readers(recipe: Recipe) -> list[str]:
+    """The recipe's objectives that read each row's positive text (the teacher's `positive_embeddings`)."""
+    from .objectives import OBJECTIVES
+
+    names = [spec if isinstance(spec, str) else spec.get("name")
+             for spec in recipe["objectives"] or [] if isinstance(spec, (str, dict))]
+    return [name for name in names
+            if name in OBJECTIVES and "positive_embeddings" in (OBJECTIVES.get(name).teacher_requires or ())]
 
 
 def _ranking_column_problems(columns: list[str], split: str) -> list[str]:
@@ -281,7 +285,7 @@ def _tokenize(datasets: dict[str, Any], tokenizer: Any, task: str, causal: bool,
 
     keep = {"input_ids", "attention_mask", "token_type_ids"}
     positive_column = columns.get("positive", "positive")
-    if task == "embedding" and _needs_positives(recipe):
+    if task == "embedding" and _positive_readers(recipe):
         from .tasks.embedding import HAS_POSITIVE, POSITIVE_COLUMNS, add_positive_tokens
 
         keep |= {*POSITIVE_COLUMNS, HAS_POSITIVE}
@@ -337,14 +341,11 @@ def _image_processor(recipe: Recipe, teacher_ref: str | None) -> Any:
 def _collator(task: str, causal: bool, tokenizer: Any, teacher_tokenizer: Any = None) -> Any:
     from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, default_data_collator
 
-    if task == "ranking" or teacher_tokenizer is not None:
-        return None  # the trainer builds the task's own (RankingCollator, TeacherTokensCollator) for its two models
+    if task in ("ranking", "embedding") or teacher_tokenizer is not None:
+        # the trainer builds the task's own (RankingCollator, PositivesCollator, TeacherTokensCollator)
+        return None
     if task == "vision":
         return default_data_collator  # stacks pixel_values; `label` becomes `labels`
-    if task == "embedding":  # each row's positive, if the data has them, padded apart
-        from .tasks.embedding import PositivesCollator
-
-        return PositivesCollator(DataCollatorWithPadding(tokenizer), tokenizer)
     if task == "classification":
         return DataCollatorWithPadding(tokenizer)
     if causal:

@@ -203,6 +203,9 @@ class DistillationTrainer(Trainer):
         self._student_requires = frozenset().union(*(o.objective.requires for o in self.objectives))
         teacher_objectives = [o.objective for o in self.objectives if o.objective.uses_teacher]
         self._teacher_requires = frozenset().union(*(o.teacher_signals() for o in teacher_objectives))
+        #: The objectives that read the teacher's embeddings of each row's positive (`aligned_contrastive`).
+        self._positive_readers = [item.key for item in self.objectives
+                                  if "positive_embeddings" in item.objective.teacher_signals()]
         self._uses_teacher = bool(teacher_objectives)
         #: A divergence + `ce` computed in one pass (and, with `fused: true`, from the student's hidden states).
         self._joint = JointLogitTerms.find(self.objectives, language=self.task.name == "language")
@@ -258,8 +261,7 @@ class DistillationTrainer(Trainer):
         for item in self.objectives:
             item.objective.setup(self.task, model, setup_teacher)
         projected = [item.key for item in self.objectives if getattr(item.objective, "projection", None) is not None]
-        contrastive = [item.key for item in self.objectives
-                       if "positive_embeddings" in item.objective.teacher_signals()]
+        contrastive = self._positive_readers
         if projected and contrastive:
             raise ValueError(
                 f"Objective(s) {projected} learn a projection that the saved student applies to its embeddings, but "
@@ -440,12 +442,11 @@ class DistillationTrainer(Trainer):
     def _check_token_free_objectives(self) -> None:
         """A teacher reading its own tokens has other token positions than the student: refuse objectives that
         compare hidden states, attentions or module features position by position."""
-        if "positive_embeddings" in self._teacher_requires:
-            users = [item.key for item in self.objectives if "positive_embeddings" in item.objective.teacher_signals()]
+        if self._positive_readers:
             raise ValueError(
-                f"Objective(s) {users} read the teacher's embeddings of each row's positive, which are tokenised with "
-                "the student's tokenizer, but this teacher reads its own tokens (its tokenizer differs). Use a "
-                "teacher that shares the student's tokenizer for them, or drop them.")
+                f"Objective(s) {self._positive_readers} read the teacher's embeddings of each row's positive, which "
+                "are tokenised with the student's tokenizer, but this teacher reads its own tokens (its tokenizer "
+                "differs). Use a teacher that shares the student's tokenizer for them, or drop them.")
         free = self.task.token_free_signals
         by_token = {item.key: sorted(item.objective.requires - free) for item in self.objectives
                     if item.objective.uses_teacher and item.objective.requires - free}

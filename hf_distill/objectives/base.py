@@ -13,7 +13,8 @@ from ..registry import Registry, did_you_mean
 from ..schedules import Schedule, parse_schedule
 from ..signals import FEATURE_PREFIX, SIGNAL_NAMES, Signals
 
-__all__ = ["Objective", "OBJECTIVES", "WeightedObjective", "build_objectives", "normalize_objective_specs"]
+__all__ = ["Objective", "OBJECTIVES", "WeightedObjective", "build_objectives", "normalize_objective_specs",
+           "positive_number"]
 
 
 class Objective(nn.Module):
@@ -63,6 +64,13 @@ class Objective(nn.Module):
 
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+
+def positive_number(value: Any, name: str) -> float:
+    """``value`` as a float, checked to be a finite number > 0 (an objective parameter called ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+    return float(value)
 
 _SPEC_KEYS = ("name", "weight")
 

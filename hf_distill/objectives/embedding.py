@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import losses
 from ..signals import Signals
-from .base import OBJECTIVES, Objective
+from .base import OBJECTIVES, Objective, positive_number
 from .projection import check_projection_mode, make_projection
 
 __all__ = ["AlignedContrastive", "EmbeddingAlignment", "EmbeddingMSE", "EmbeddingCosine", "EmbeddingL2",
@@ -119,9 +119,7 @@ class AlignedContrastive(Objective):
 
     def __init__(self, scale: float = 20.0) -> None:
         super().__init__()
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
-            raise ValueError(f"`scale` must be a positive finite number, got {scale!r}.")
-        self.scale = float(scale)
+        self.scale = positive_number(scale, "scale")
 
     def setup(self, task: Any, student: nn.Module, teacher: nn.Module) -> None:
         width = getattr(task, "embedding_width", None)

@@ -6,22 +6,15 @@ All read ``Signals.scores`` ``[B, C]`` (each query's candidates, the positive fi
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from .. import losses
 from ..signals import Signals
-from .base import OBJECTIVES, Objective
+from .base import OBJECTIVES, Objective, positive_number
 
 __all__ = ["MarginMSEObjective", "ListwiseKLObjective", "RankingCEObjective"]
-
-
-def _positive_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
-    return float(value)
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -88,7 +81,7 @@ class MarginMSEObjective(_RankingObjective):
 
     def __init__(self, teacher_scale: float = 1.0, standardize: bool = False, in_batch_negatives: bool = False) -> None:
         super().__init__(in_batch_negatives=in_batch_negatives)
-        self.teacher_scale = _positive_number(teacher_scale, "teacher_scale")
+        self.teacher_scale = positive_number(teacher_scale, "teacher_scale")
         self.standardize = _flag(standardize, "standardize")
 
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
@@ -132,9 +125,9 @@ class ListwiseKLObjective(_RankingObjective):
         in_batch_negatives: bool = False,
     ) -> None:
         super().__init__(in_batch_negatives=in_batch_negatives)
-        self.temperature = _positive_number(temperature, "temperature")
-        self.student_scale = _positive_number(student_scale, "student_scale")
-        self.teacher_scale = _positive_number(teacher_scale, "teacher_scale")
+        self.temperature = positive_number(temperature, "temperature")
+        self.student_scale = positive_number(student_scale, "student_scale")
+        self.teacher_scale = positive_number(teacher_scale, "teacher_scale")
 
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
         s = self._scores(student).float() * self.student_scale
@@ -155,7 +148,7 @@ class RankingCEObjective(_RankingObjective):
 
     def __init__(self, scale: float = 20.0, in_batch_negatives: bool = False) -> None:
         super().__init__(in_batch_negatives=in_batch_negatives)
-        self.scale = _positive_number(scale, "scale")
+        self.scale = positive_number(scale, "scale")
         self.requires = self.requires | {"labels"}
 
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
