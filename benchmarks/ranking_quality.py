@@ -24,7 +24,10 @@ The student always starts from the *shipped* model's layers. ``--teacher-kind`` 
 (`hf_distill.data.build_ranking.tfidf_rows`), instead of the shipped ones mined by the teacher (which it ranks above
 the positive for most queries, so its margins on them contradict the labels); the teacher then runs live.
 
-``--teacher-learning-rate`` / ``--teacher-max-length`` default to the student's. ``--teacher-cache DIR`` keeps
+``--signals-cache DIR`` makes the variants that run the teacher live read its embeddings from a teacher-signal
+cache instead (built in DIR on first use: one teacher pass over every training text, reused by every seed and
+variant; the in-batch scores come out as the live teacher's). ``--teacher-learning-rate`` / ``--teacher-max-length``
+default to the student's. ``--teacher-cache DIR`` keeps
 the fine-tuned teacher and its scores under DIR (one folder per kind, steps, learning rate and length) and reuses
 them. The teacher's own MRR@10 / nDCG@10 is measured on the same test candidates, at its own length.
 
@@ -92,8 +95,9 @@ def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenize
                        weight=o["weight"] if args.margin_weight is None else args.margin_weight)
                   if o["name"] == "margin_mse" else o for o in VARIANTS[variant]]
     live = needs_live_teacher(variant, args)
+    signals = os.path.join(args.signals_cache, "signals") if live and args.signals_cache else None
     with tempfile.TemporaryDirectory() as out:
-        config = DistillationConfig(
+        fields = dict(
             output_dir=out, task="ranking", objectives=objectives, seed=seed, max_steps=args.steps,
             per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=32,
             learning_rate=args.learning_rate, warmup_steps=max(1, args.steps // 10), report_to="none",
@@ -101,10 +105,18 @@ def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenize
             ranking_num_negatives=args.negatives, ranking_max_length=args.max_length,
             teacher_scores_column=None if live or "teacher_scores" not in train.column_names else "teacher_scores",
         )
+        if signals and not os.path.isdir(signals):  # the teacher's embeddings of every row's texts, once
+            from hf_distill.cache import cache_teacher
+
+            start = time.perf_counter()
+            cache_teacher(teacher, train, signals, args=DistillationConfig(**fields), tokenizer=tokenizer,
+                          in_batch_negatives=True, progress=False)
+            print(f"teacher-signal cache built in {time.perf_counter() - start:.0f} s: {signals}", flush=True)
+        config = DistillationConfig(**fields, teacher_cache=signals)
         student = make_student(source, num_layers=args.layers)
         trainer = DistillationTrainer(
-            model=student, teacher_model=teacher if live else None, args=config, train_dataset=train,
-            eval_dataset=test, processing_class=tokenizer,
+            model=student, teacher_model=teacher if live and not signals else None, args=config,
+            train_dataset=train, eval_dataset=test, processing_class=tokenizer,
         )
         start = time.perf_counter()
         trainer.train()
@@ -113,14 +125,43 @@ def run(variant: str, seed: int, args: argparse.Namespace, train, test, tokenize
     return {"mrr@10": metrics["eval_mrr@10"], "ndcg@10": metrics["eval_ndcg@10"], "train_s": seconds}
 
 
+def corpus_ranking_rows(count: int):  # noqa: ANN201 (a Dataset)
+    """The corpus's training summary → paragraph pairs (`hf_distill.data.corpus_pairs`) as ranking rows, each with
+    the ``count`` passages most similar to its query by TF-IDF that are not of its own docstring as negatives: labels
+    the student's ranking data does not hold (``--teacher-extra-pairs``)."""
+    import numpy as np
+    from datasets import Dataset
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from hf_distill.embedding_metrics import retrieval_task
+
+    queries, docs, relevant = retrieval_task("train")
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(queries + docs)
+    similarity = (vectorizer.transform(queries) @ vectorizer.transform(docs).T).toarray()
+    rows = []
+    for query, ids, row in zip(queries, relevant, similarity, strict=True):
+        order = np.lexsort((np.arange(row.size), -row))
+        negatives = [docs[j] for j in order if j not in ids and docs[j] not in {docs[i] for i in ids}][:count]
+        rows.extend({"query": query, "positive": docs[d], "negatives": negatives} for d in sorted(ids))
+    return Dataset.from_list(rows)
+
+
 def finetune_teacher(model, train, tokenizer, args: argparse.Namespace):  # noqa: ANN001, ANN201
     """Fine-tune ``model`` (``--teacher-kind``) in place on the training labels as a recipe's ``teacher.finetune``
-    does (`hf_distill.pipeline.finetune_ranking_teacher`), then return ``train`` with its scores as
-    ``teacher_scores`` (positive first, the first ``--negatives`` negatives)."""
+    does (`hf_distill.pipeline.finetune_ranking_teacher`), with ``--teacher-extra-pairs`` on the corpus's training
+    pairs too, then return ``train`` with its scores as ``teacher_scores`` (positive first, the first
+    ``--negatives`` negatives)."""
     import torch
+    from datasets import concatenate_datasets
 
     from hf_distill import DistillationConfig, DistillationTrainer
     from hf_distill.pipeline import finetune_ranking_teacher
+
+    labelled = train.select_columns(["query", "positive", "negatives"])
+    if args.teacher_extra_pairs:
+        extra = corpus_ranking_rows(args.negatives)
+        labelled = concatenate_datasets([labelled, extra.cast(labelled.features)])
+        print(f"teacher data: {len(train)} ranking rows + {len(extra)} corpus pairs")
 
     with tempfile.TemporaryDirectory() as out:
         config = DistillationConfig(
@@ -128,7 +169,7 @@ def finetune_teacher(model, train, tokenizer, args: argparse.Namespace):  # noqa
             ranking_num_negatives=args.negatives,
             ranking_max_length=args.teacher_max_length, ranking_pair_max_length=args.teacher_max_length,
         )
-        finetune_ranking_teacher(model, train, tokenizer, config, out, {
+        finetune_ranking_teacher(model, labelled, tokenizer, config, out, {
             "max_steps": args.teacher_steps, "per_device_train_batch_size": args.batch_size,
             "learning_rate": args.teacher_learning_rate, "warmup_steps": max(1, args.teacher_steps // 10),
             "disable_tqdm": True, "logging_steps": max(1, args.teacher_steps // 5)})
@@ -164,7 +205,8 @@ def reference(test, tokenizer, teacher, source, args: argparse.Namespace) -> dic
 
     if args.teacher_steps:
         name = (f"teacher ({args.teacher_kind}, 6 layers, fine-tuned {args.teacher_steps} steps at lr "
-                f"{args.teacher_learning_rate:g}, {args.teacher_max_length} tokens)")
+                f"{args.teacher_learning_rate:g}, {args.teacher_max_length} tokens"
+                f"{', + corpus pairs' if args.teacher_extra_pairs else ''})")
     else:
         name = "teacher (6 layers, as shipped)"
     return {name: evaluate(teacher, test, tokenizer, args.teacher_max_length),
@@ -191,10 +233,17 @@ def main() -> None:
                         "--max-length")
     parser.add_argument("--teacher-scale", type=float, default=None,
                         help="margin_mse's teacher_scale; default 1 for a bi-encoder teacher, 1/20 for a cross-encoder")
+    parser.add_argument("--teacher-extra-pairs", action="store_true",
+                        help="fine-tune the teacher on the corpus's training summary -> paragraph pairs as well "
+                        "(3,125 more labelled rows than the student sees)")
     parser.add_argument("--teacher-cache", default=None,
                         help="folder to keep the fine-tuned teacher and its scores in, and to reuse them from")
     parser.add_argument("--margin-weight", type=float, default=None,
                         help="the margin_mse term's weight in every variant (default: each variant's own)")
+    parser.add_argument("--signals-cache", default=None,
+                        help="folder for a teacher-signal cache (its embeddings of every training text, built once "
+                        "on first use) that the variants which would run the teacher live read instead; keep one "
+                        "folder per teacher and training rows")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip evaluating the teacher and the untrained student (when another run printed them)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -204,6 +253,8 @@ def main() -> None:
                         "negatives' scores)")
     args = parser.parse_args()
     cross = args.teacher_kind == "cross-encoder"
+    if args.teacher_extra_pairs and not args.teacher_steps:
+        parser.error("--teacher-extra-pairs is fine-tuning data: give --teacher-steps")
     if cross and not args.teacher_steps:
         parser.error("a cross-encoder teacher starts with an untrained head: give --teacher-steps")
     if cross and any(needs_live_teacher(v, args) for v in args.variants):
@@ -244,7 +295,8 @@ def main() -> None:
     cache = None
     if args.teacher_cache:
         cache = os.path.join(args.teacher_cache, f"{args.teacher_kind}-steps-{args.teacher_steps}-lr-"
-                                                 f"{args.teacher_learning_rate:g}-len-{args.teacher_max_length}")
+                                                 f"{args.teacher_learning_rate:g}-len-{args.teacher_max_length}"
+                                                 f"{'-extra-pairs' if args.teacher_extra_pairs else ''}")
     if args.teacher_steps and cache and os.path.isdir(cache):
         from datasets import load_from_disk
 

@@ -260,13 +260,9 @@ class DistillationTrainer(Trainer):
         setup_teacher = self._setup_teacher(teachers, weights) if teachers else None
         for item in self.objectives:
             item.objective.setup(self.task, model, setup_teacher)
-        projected = [item.key for item in self.objectives if getattr(item.objective, "projection", None) is not None]
-        contrastive = self._positive_readers
-        if projected and contrastive:
-            raise ValueError(
-                f"Objective(s) {projected} learn a projection that the saved student applies to its embeddings, but "
-                f"{contrastive} train the unprojected ones. Set `projection: false` on {projected} (the widths "
-                f"match, as {contrastive} need), or drop one of them.")
+        linked = [item.objective for item in self.objectives]
+        for objective in linked:
+            objective.link(linked)
         trained = [item.key for item in self.objectives if any(p.requires_grad for p in item.objective.parameters())]
         if trained and sharding_strategy(args) in (ZERO3, DEEPSPEED):
             raise ValueError(

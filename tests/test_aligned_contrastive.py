@@ -156,16 +156,58 @@ def test_refusals_name_the_problem(tmp_path, tokenizer, teacher):
     from transformers import BertConfig, BertModel
 
     narrow = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
-    with pytest.raises(ValueError, match="widths differ"):
+    with pytest.raises(ValueError, match=r"widths differ \(32 vs 384\).*projected embedding objective"):
         DistillationTrainer(model=narrow, teacher_model=teacher, processing_class=tokenizer,
                             args=config(tmp_path, objectives=[{"name": "aligned_contrastive"}]))
     with pytest.raises(ValueError, match="scale"):
         config(tmp_path, objectives=[{"name": "aligned_contrastive", "scale": -1}])
-    with pytest.raises(ValueError, match=r"\['embedding_cosine'\] learn a projection.*projection: false"):
-        DistillationTrainer(model=make_student(teacher, num_layers=1), teacher_model=teacher,
-                            processing_class=tokenizer,
-                            args=config(tmp_path, objectives=[{"name": "embedding_cosine", "projection": True},
-                                                              {"name": "aligned_contrastive"}]))
+
+
+def test_beside_a_projection_the_term_trains_through_it_and_the_saved_student_matches(tmp_path, tokenizer, teacher):
+    """A narrower student with a projected `embedding_l2` (the embedding-align recipe's LEAF setting): the term
+    compares what the saved student gives — its embeddings through that projection — and trains the projection."""
+    from transformers import BertConfig, BertModel
+
+    narrow = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=128))
+    narrow.config.architectures = ["BertModel"]
+    pairs = corpus_pairs("train").select(range(32))
+    data = _rows(tokenizer, list(pairs["text"]), list(pairs["positive"]), max_length=32)
+    args = config(tmp_path, objectives=[{"name": "embedding_l2", "projection": True},
+                                        {"name": "aligned_contrastive", "weight": 2.0}], max_steps=2,
+                  per_device_train_batch_size=16, learning_rate=1e-3)
+    trainer = DistillationTrainer(model=narrow, teacher_model=teacher, args=args, train_dataset=data,
+                                  processing_class=tokenizer)
+    projection = trainer.objectives[0].objective.projection
+    assert (projection.in_features, projection.out_features) == (64, 384)
+    # the term's value is the formula on the projected student embeddings
+    batch = trainer.data_collator([dict(r) for r in data.select(range(8))])
+    narrow.eval()
+    with torch.no_grad():
+        terms, _, _ = trainer.distillation_terms(narrow, batch)
+        s = projection(SentenceEncoder(narrow, tokenizer, Pooling("mean", True), max_length=32).encode(
+            list(pairs["text"][:8])))
+        t = SentenceEncoder(teacher, tokenizer, Pooling("mean", True), max_length=32).encode(
+            list(pairs["positive"][:8]))
+    torch.testing.assert_close(terms["aligned_contrastive"],
+                               2.0 * losses.aligned_contrastive(s, t, reduction="sum"), rtol=1e-5, atol=1e-5)
+    # its gradient reaches the projection even with the alignment term at weight 0
+    trainer.objectives[0].weight = 0.0
+    narrow.train()
+    loss = trainer.compute_loss(narrow, trainer.data_collator([dict(r) for r in data.select(range(8))]))
+    loss.backward()
+    assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
+    projection.weight.grad = None
+    trainer.objectives[0].weight = 1.0
+    before = projection.weight.detach().clone()
+    trainer.train()
+    trainer.save_model()
+    assert not torch.equal(before, projection.weight)
+    saved = SentenceEncoder.from_pretrained(args.output_dir, max_length=32)  # the student with the saved projection
+    with torch.no_grad():
+        torch.testing.assert_close(saved.encode(list(pairs["text"][:4])), projection(
+            SentenceEncoder(narrow.eval(), tokenizer, Pooling("mean", True), max_length=32).encode(
+                list(pairs["text"][:4]))), rtol=1e-4, atol=1e-5)
 
 
 def test_bundled_pairs_are_the_training_splits_retrieval_pairs():

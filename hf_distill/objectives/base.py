@@ -52,6 +52,11 @@ class Objective(nn.Module):
         """Called once by the trainer with both models, before training: build what depends on their shapes
         (e.g. a projection between widths) and check compatibility. Default: nothing."""
 
+    def link(self, objectives: list[Objective]) -> None:
+        """Called once by the trainer after every objective's `setup`, with all of them (this one included): an
+        objective that works through another's parameters (e.g. its projection) finds them here. Default:
+        nothing."""
+
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor | dict[str, torch.Tensor]:
         raise NotImplementedError
 

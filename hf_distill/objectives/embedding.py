@@ -109,8 +109,10 @@ class AlignedContrastive(Objective):
     count, summed and divided like every objective by the batch's rows, so with few such rows raise ``weight``.
     Training data without positives is refused before the first step; evaluation data without them adds 0.
 
-    ``scale``: the similarity scale (inverse temperature), 20 as in sentence-transformers. Student and teacher must
-    have the same width (no projection: the student's raw embedding is what searches the teacher's index).
+    ``scale``: the similarity scale (inverse temperature), 20 as in sentence-transformers. The student's embeddings
+    are compared with the teacher's as the saved student gives them: through the projection of an embedding
+    objective beside it (``embedding_cosine`` / ``_mse`` / ``_l2`` with a projection; the first one's, which is the
+    one saved), which this term then trains too; without one, student and teacher must have the same width.
     """
 
     name = "aligned_contrastive"
@@ -120,19 +122,33 @@ class AlignedContrastive(Objective):
     def __init__(self, scale: float = 20.0) -> None:
         super().__init__()
         self.scale = positive_number(scale, "scale")
+        self.widths: tuple[int, int] | None = None
+        self._project: Any = None  # another objective's `project` (not a submodule: its projection is saved there)
 
     def setup(self, task: Any, student: nn.Module, teacher: nn.Module) -> None:
         width = getattr(task, "embedding_width", None)
         if width is None:
             raise ValueError(f"Objective {self.name!r} needs embeddings; use it with `task='embedding'`.")
-        if width(student) != width(teacher):
+        self.widths = (width(student), width(teacher))
+
+    def link(self, objectives: list[Objective]) -> None:
+        source = next((o for o in objectives if getattr(o, "projection", None) is not None), None)
+        student_width, teacher_width = self.widths
+        self._project = None if source is None else source.project
+        if source is not None:
+            student_width = source.projection.out_features
+        if student_width != teacher_width:
             raise ValueError(f"Objective {self.name!r} compares the student's embeddings with the teacher's directly, "
-                             f"but their widths differ ({width(student)} vs {width(teacher)}). Use a student of the "
-                             "teacher's width, or `similarity_kd` / a projected `embedding_cosine` instead.")
+                             f"but their widths differ ({student_width} vs {teacher_width}). Use a student of the "
+                             "teacher's width, or add a projected embedding objective beside it (e.g. "
+                             "`{name: embedding_cosine, projection: true}`), whose projection it then trains through.")
 
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
         if teacher.positive_embeddings is None:  # evaluation data without positives (training's is checked first)
             return student.embeddings.sum() * 0.0
         keep = student.mask & teacher.positive_mask.to(student.mask.device)
-        return losses.aligned_contrastive(student.embeddings[keep], teacher.positive_embeddings[keep],
-                                          scale=self.scale, reduction="sum")
+        embeddings = student.embeddings[keep]
+        if self._project is not None:
+            embeddings = self._project(embeddings)
+        return losses.aligned_contrastive(embeddings, teacher.positive_embeddings[keep], scale=self.scale,
+                                          reduction="sum")
