@@ -287,3 +287,26 @@ def test_a_batch_without_positives_still_runs_the_teacher_once_and_gives_zeros(t
     assert len(calls) == 2  # the rows, and the (empty) positives
     assert signals.positive_mask.tolist() == [False, False]
     assert torch.count_nonzero(signals.positive_embeddings) == 0
+
+
+def test_only_an_embedding_objectives_projection_is_the_saved_one_and_shared():
+    """`feature_mse` and `hidden_mse` learn projections of hidden features; the saved student's `Dense` module, and
+    the projection `aligned_contrastive` trains through, is the first row-wise embedding objective's."""
+    from torch import nn
+
+    from hf_distill.objectives.embedding import AlignedContrastive, EmbeddingL2, saved_projection_source
+    from hf_distill.objectives.features import FeatureMSE
+
+    features = FeatureMSE(student_module="encoder.layer.0", teacher_module="encoder.layer.3")
+    features.projection = nn.Linear(4, 16)
+    alignment = EmbeddingL2(projection=True)
+    alignment.projection = nn.Linear(4, 6)
+    assert saved_projection_source([features, alignment]) is alignment
+    assert saved_projection_source([features]) is None
+    contrastive = AlignedContrastive()
+    contrastive.widths = (4, 6)
+    contrastive.link([features, alignment, contrastive])
+    torch.testing.assert_close(contrastive._project(torch.ones(2, 4)), alignment.projection(torch.ones(2, 4)))
+    contrastive.widths = (4, 16)
+    with pytest.raises(ValueError, match=r"widths differ \(6 vs 16\)"):
+        contrastive.link([features, alignment, contrastive])

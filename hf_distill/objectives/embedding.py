@@ -8,6 +8,7 @@ to find the teacher's embedding of the row's positive text (a relevant passage) 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from .base import OBJECTIVES, Objective, positive_number
 from .projection import check_projection_mode, make_projection
 
 __all__ = ["AlignedContrastive", "EmbeddingAlignment", "EmbeddingMSE", "EmbeddingCosine", "EmbeddingL2",
-           "SimilarityKD"]
+           "SimilarityKD", "saved_projection_source"]
 
 class EmbeddingAlignment(Objective):
     """Row-wise alignment of ``student.embeddings`` ``[B, d_s]`` with ``teacher.embeddings`` ``[B, d_t]``.
@@ -55,6 +56,13 @@ class EmbeddingAlignment(Objective):
     def forward(self, student: Signals, teacher: Signals | None) -> torch.Tensor:
         keep = student.mask
         return type(self).loss(self.project(student.embeddings[keep]), teacher.embeddings[keep], reduction="sum")
+
+
+def saved_projection_source(objectives: Iterable[Objective]) -> EmbeddingAlignment | None:
+    """The row-wise embedding objective whose projection the saved student applies to its embeddings (the first one
+    that learned a projection; `EmbeddingTask.save_extras` exports it as the ``Dense`` module), or None. Other
+    objectives' projections (``hidden_mse``'s, ``feature_mse``'s) map hidden features, not embeddings."""
+    return next((o for o in objectives if isinstance(o, EmbeddingAlignment) and o.projection is not None), None)
 
 
 @OBJECTIVES.register
@@ -132,7 +140,7 @@ class AlignedContrastive(Objective):
         self.widths = (width(student), width(teacher))
 
     def link(self, objectives: list[Objective]) -> None:
-        source = next((o for o in objectives if getattr(o, "projection", None) is not None), None)
+        source = saved_projection_source(objectives)
         student_width, teacher_width = self.widths
         self._project = None if source is None else source.project
         if source is not None:

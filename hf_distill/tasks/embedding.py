@@ -210,11 +210,11 @@ class EmbeddingTask(OwnTeacherTokens, TaskAdapter):
         """Write the sentence-transformers files, so `SentenceTransformer(output_dir)` and `SentenceEncoder` load
         the student with its pooling and, when an objective learned one, its projection into the teacher's space."""
         from ..embeddings import save_sentence_transformer_files
+        from ..objectives.embedding import saved_projection_source
 
-        projection = next(
-            (item.objective.projection for item in objectives if getattr(item.objective, "projection", None)), None
-        )
-        save_sentence_transformer_files(output_dir, model, self.pooling_of(model), projection)
+        source = saved_projection_source(item.objective for item in objectives)
+        save_sentence_transformer_files(output_dir, model, self.pooling_of(model),
+                                        None if source is None else source.projection)
 
     def embedding_width(self, model: nn.Module | None) -> int:
         """The width of ``model``'s embeddings; None = the cached teacher's (`TaskAdapter.teacher_widths`)."""
