@@ -141,7 +141,8 @@ def corpus_ranking_rows(count: int):  # noqa: ANN201 (a Dataset)
     rows = []
     for query, ids, row in zip(queries, relevant, similarity, strict=True):
         order = np.lexsort((np.arange(row.size), -row))
-        negatives = [docs[j] for j in order if j not in ids and docs[j] not in {docs[i] for i in ids}][:count]
+        own = {docs[i] for i in ids}  # its docstring's passages (by text: a passage may repeat under another id)
+        negatives = [docs[j] for j in order if docs[j] not in own][:count]
         rows.extend({"query": query, "positive": docs[d], "negatives": negatives} for d in sorted(ids))
     return Dataset.from_list(rows)
 
